@@ -1,0 +1,29 @@
+"""The ``landmark-kaggle`` command line: one subcommand per pipeline stage.
+
+Each entry maps a subcommand to the module that implements it and a one-line
+help; see ``clibase`` for why the modules are imported lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from landmark_kaggle.clibase import main_for
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("landmark_kaggle.sample", "write the embedded sample dataset in GLDv2 layout"),
+    "stats": ("landmark_kaggle.stats", "class-size buckets (poster Table 2) and the images-per-landmark histogram"),
+}
+
+DESCRIPTION = """\
+Google Landmark Recognition (GLDv2) from raw images to a GAP-scored submission.csv.
+Run `landmark-kaggle COMMAND --help` for the options of one command.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for("landmark-kaggle", DESCRIPTION, COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

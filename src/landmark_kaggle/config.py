@@ -1,0 +1,262 @@
+"""Typed, frozen configuration for every stage, loaded from YAML/JSON with ``a.b=v`` overrides.
+
+Config is data: no I/O on import and no module-level state. ``load_config``
+reads a file (or nothing, for the defaults), applies ``--set`` overrides with
+values coerced to each field's type, and validates; ``save_config`` writes the
+resolved config beside an output so every result says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from landmark_kaggle.clibase import UserError
+
+
+class ConfigError(UserError):
+    """A config value that is wrong; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 384
+    # Eval path: resize the short side to image_size / crop_fraction, then centre-crop.
+    crop_fraction: float = 0.875
+    min_crop_area: float = 0.35
+    color_jitter: float = 0.2
+    deterministic: bool = False
+    shuffle_buffer: int = 4096
+    cache: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "EfficientNetV2S"
+    # "none" (random), "imagenet" (needs network or Keras cache) or a local .h5/.weights.h5 path.
+    weights: str = "none"
+    pooling: str = "avg"  # avg | gem
+    gem_p: float = 3.0
+    dropout: float = 0.2
+    embedding_dim: int = 0  # 0: no neck, the pooled features feed the classifier
+    num_classes: int = 0  # 0: taken from the data's label_map.csv
+    scale: float = 30.0
+    margin: float = 0.5
+    subcenters: int = 1
+    dynamic_margin: bool = False
+    margin_min: float = 0.05
+    margin_max: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 64  # global; per replica = batch_size / replicas
+    scale_batch_with_replicas: bool = False
+    learning_rate: float = 1e-3
+    scale_lr_with_replicas: bool = True
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 1
+    sustain_epochs: int = 0
+    decay: str = "exponential"  # exponential | cosine
+    decay_rate: float = 0.8
+    min_lr: float = 1e-6
+    clipnorm: float = 0.0
+    steps_per_epoch: int = 0  # 0: one pass over the training shards
+    checkpoint_every_steps: int = 0
+    strategy: str = "auto"  # auto | tpu | mirrored | multiworker | cpu
+    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
+    seed: int = 0
+    time_budget: str = ""  # e.g. "8h30m"; empty: no budget
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    batch_size: int = 64
+    topk_neighbours: int = 5
+    retrieval_weight: float = 0.5
+    nonlandmark_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first wrong field; return self so calls chain."""
+        checks: list[tuple[str, bool, str]] = [
+            ("data.image_size", self.data.image_size >= 32, "must be >= 32"),
+            ("data.crop_fraction", 0 < self.data.crop_fraction <= 1, "must be in (0, 1]"),
+            ("data.min_crop_area", 0 < self.data.min_crop_area <= 1, "must be in (0, 1]"),
+            ("data.shuffle_buffer", self.data.shuffle_buffer >= 0, "must be >= 0"),
+            ("model.pooling", self.model.pooling in ("avg", "gem"), "must be 'avg' or 'gem'"),
+            ("model.gem_p", self.model.gem_p > 0, "must be > 0"),
+            ("model.dropout", 0 <= self.model.dropout < 1, "must be in [0, 1)"),
+            ("model.embedding_dim", self.model.embedding_dim >= 0, "must be >= 0"),
+            ("model.num_classes", self.model.num_classes >= 0, "must be >= 0"),
+            ("model.scale", self.model.scale > 0, "must be > 0"),
+            ("model.margin", 0 <= self.model.margin < 1.6, "must be in [0, 1.6) radians"),
+            ("model.subcenters", self.model.subcenters >= 1, "must be >= 1"),
+            ("model.margin_min", 0 <= self.model.margin_min <= self.model.margin_max,
+             "must be in [0, model.margin_max]"),
+            ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
+            ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
+            ("train.learning_rate", self.train.learning_rate > 0, "must be > 0"),
+            ("train.weight_decay", self.train.weight_decay >= 0, "must be >= 0"),
+            ("train.warmup_epochs", self.train.warmup_epochs >= 0, "must be >= 0"),
+            ("train.sustain_epochs", self.train.sustain_epochs >= 0, "must be >= 0"),
+            ("train.decay", self.train.decay in ("exponential", "cosine"),
+             "must be 'exponential' or 'cosine'"),
+            ("train.decay_rate", 0 < self.train.decay_rate <= 1, "must be in (0, 1]"),
+            ("train.min_lr", self.train.min_lr >= 0, "must be >= 0"),
+            ("train.clipnorm", self.train.clipnorm >= 0, "must be >= 0"),
+            ("train.steps_per_epoch", self.train.steps_per_epoch >= 0, "must be >= 0"),
+            ("train.checkpoint_every_steps", self.train.checkpoint_every_steps >= 0, "must be >= 0"),
+            ("train.strategy", self.train.strategy in ("auto", "tpu", "mirrored", "multiworker", "cpu"),
+             "must be one of auto, tpu, mirrored, multiworker, cpu"),
+            ("train.precision", self.train.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+             "must be one of auto, float32, mixed_bfloat16, mixed_float16"),
+            ("inference.batch_size", self.inference.batch_size >= 1, "must be >= 1"),
+            ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),
+            ("inference.retrieval_weight", 0 <= self.inference.retrieval_weight <= 1, "must be in [0, 1]"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{name} = {_get(self, name)!r} {why}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Turn a YAML/JSON or command-line value into the field's declared type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or value == "None":
+            return None
+        tp = args[0]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} = {value!r} is not a boolean (true/false)")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name} = {value!r} is not an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} = {value!r} is not an integer") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} = {value!r} is not a number") from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub = values[f.name]
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{prefix}{f.name} must be a mapping, got {sub!r}")
+            kwargs[f.name] = _build(tp, sub, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(values[f.name], tp, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=3`` -> (["train", "epochs"], "3"); the value stays text until coerced."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: key must be section.key, e.g. train.epochs=3")
+    return parts, value.strip()
+
+
+def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    merged: dict[str, Any] = json.loads(json.dumps(values or {}))
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise ConfigError(f"{section} must be a mapping")
+        merged[section][key] = value
+    return _build(Config, merged, "").validate()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the file (YAML or JSON), then ``section.key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: line {exc.lineno}: {exc.msg}") from None
+        else:
+            import yaml
+
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(values, overrides)
+
+
+def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the resolved config (plus any extra facts) as JSON beside an output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = cfg.to_dict()
+    if extra:
+        payload.update(extra)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def add_config_arguments(parser: Any) -> None:
+    """The ``--config`` / ``--set`` pair every config-driven command shares."""
+    parser.add_argument("--config", help="YAML or JSON config file (sections: data, model, train, inference)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set train.epochs=3 (repeatable)")
