@@ -102,9 +102,12 @@ def test_views_of_one_landmark_resemble_each_other_more_than_others(sample):
     assert len({p for p in big["path"]}) == len({hashlib.sha256(open(p, "rb").read()).digest() for p in big["path"]})
 
 
-def test_refuses_to_overwrite_and_bad_sizes(sample, tmp_path):
-    root, _ = sample
-    with pytest.raises(UserError, match="already holds a dataset"):
-        make_sample(root)
+def test_rerun_is_a_no_op_but_other_settings_are_refused(sample, tmp_path):
+    root, info = sample
+    before = tree_digest(root)
+    assert make_sample(root, seed=3) == info
+    assert tree_digest(root) == before
+    with pytest.raises(UserError, match="already holds a different dataset"):
+        make_sample(root, seed=4)
     with pytest.raises(UserError, match="--classes"):
         make_sample(tmp_path / "x", num_classes=99)

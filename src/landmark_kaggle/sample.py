@@ -142,8 +142,15 @@ def make_sample(out_dir: str | Path, *, seed: int = 0, num_classes: int = 12, ma
     if not 8 <= image_size[0] <= image_size[1]:
         raise UserError("image size range must satisfy 8 <= low <= high")
     out = Path(out_dir)
+    settings = {"seed": seed, "num_classes": num_classes, "max_per_class": max_per_class,
+                "min_per_class": min_per_class, "noise_fraction": noise_fraction, "test_per_class": test_per_class,
+                "nonlandmark_test": nonlandmark_test, "image_size": list(image_size)}
     if (out / "train.csv").exists():
-        raise UserError(f"{out}: already holds a dataset (train.csv); choose an empty folder")
+        # Asking again for the same sample is a no-op, so scripts can rerun; anything else is refused.
+        done = json.loads((out / "sample.json").read_text()) if (out / "sample.json").is_file() else {}
+        if done.get("settings") == settings:
+            return done
+        raise UserError(f"{out}: already holds a different dataset (train.csv); choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -204,7 +211,7 @@ def make_sample(out_dir: str | Path, *, seed: int = 0, num_classes: int = 12, ma
         "test_images": len(test), "nonlandmark_test_images": nonlandmark_test,
         "class_sizes": {str(lid): s for lid, s in zip(landmark_ids, sizes, strict=True)},
         "sources": {str(lid): s[1] for lid, s in zip(landmark_ids, sources, strict=True)},
-        "image_size": list(image_size),
+        "image_size": list(image_size), "settings": settings,
     }
     (out / "sample.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
