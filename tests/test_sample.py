@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -99,7 +100,8 @@ def test_views_of_one_landmark_resemble_each_other_more_than_others(sample):
             (same if a.label == b.label else other).append(sim)
     assert np.mean(same) > np.mean(other) + 0.2
     # ...yet no two views are the same picture.
-    assert len({p for p in big["path"]}) == len({hashlib.sha256(open(p, "rb").read()).digest() for p in big["path"]})
+    digests = {hashlib.sha256(Path(p).read_bytes()).digest() for p in big["path"]}
+    assert len(digests) == len(set(big["path"]))
 
 
 def test_rerun_is_a_no_op_but_other_settings_are_refused(sample, tmp_path):
