@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("landmark_kaggle.sample", "write the embedded sample dataset in GLDv2 layout"),
     "stats": ("landmark_kaggle.stats", "class-size buckets (poster Table 2) and the images-per-landmark histogram"),
     "subset": ("landmark_kaggle.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
+    "score": ("landmark_kaggle.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),
 }
 
 DESCRIPTION = """\

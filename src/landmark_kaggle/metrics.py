@@ -1,0 +1,237 @@
+"""The competition's metrics: Global Average Precision (micro-AP) and top-k accuracy.
+
+GAP, as the landmark recognition competitions define it: each test image gets
+at most one prediction ``(landmark_id, confidence)``; all predictions are
+ranked by confidence, descending, and
+
+    GAP = (1/M) * sum_i P(i) * rel(i)
+
+where M is the number of test images that show a landmark, P(i) the precision
+over the first i predictions and rel(i) is 1 when prediction i names one of the
+image's landmarks. A prediction on a non-landmark image is a miss in the
+ranking; an image without a prediction adds nothing but still counts in M.
+Equal confidences are ordered by image id ascending, then landmark id
+ascending, so the score does not depend on the input order.
+
+Everything here is numpy (and pandas for hashing ids); 1,000,000 predictions
+score in about a second. The sum is accumulated in rank order (``cumsum``), as
+a plain loop would, so a loop over the same definition gives the same float to
+the last digit (``benchmarks/gap.py`` checks this). Keras is imported only by
+``keras_top_k_metrics``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+TOP_K = (1, 10, 100, 1000)
+
+
+class MetricError(ValueError):
+    """The inputs cannot be scored (no landmark image, unknown or repeated ids, NaN confidence...)."""
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """The right answers for a set of test images, in flat arrays.
+
+    ``ids`` (object array of str, unique) lists every scored image;
+    ``pair_image`` / ``pair_landmark`` list each (image position, landmark id)
+    that is right, so an image with several landmarks has several pairs and a
+    non-landmark image has none. Build it with ``GroundTruth.build``: it also
+    keeps the id hash index and each id's rank in sorted order, so scoring
+    many prediction sets against one solution hashes and sorts the ids once.
+    """
+
+    ids: np.ndarray
+    pair_image: np.ndarray
+    pair_landmark: np.ndarray
+    index: pd.Index
+    id_rank: np.ndarray
+
+    @classmethod
+    def build(cls, ids: Sequence[str] | np.ndarray, landmarks: Sequence[Iterable[int] | int]) -> GroundTruth:
+        """``ids[i]`` shows the landmarks ``landmarks[i]`` (an int, or a collection; empty: no landmark)."""
+        ids = np.asarray(ids, dtype=object)
+        if len(ids) != len(landmarks):
+            raise MetricError(f"{len(ids)} ids but {len(landmarks)} landmark lists")
+        lists = [(x,) if isinstance(x, int | np.integer) else tuple(x) for x in landmarks]
+        sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(sizes.sum()))
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[np.argsort(ids.astype(str), kind="stable")] = np.arange(len(ids))
+        return cls._checked(ids, np.repeat(np.arange(len(ids), dtype=np.int64), sizes), flat, rank)
+
+    @classmethod
+    def _checked(cls, ids, pair_image, pair_landmark, id_rank) -> GroundTruth:
+        index = pd.Index(ids)
+        dup = index.duplicated()
+        if dup.any():
+            raise MetricError(f"image id {ids[np.flatnonzero(dup)[0]]!r} appears twice in the ground truth")
+        if (pair_landmark < 0).any():
+            raise MetricError("ground-truth landmark ids must be non-negative")
+        return cls(ids, pair_image, pair_landmark, index, id_rank)
+
+    def subset(self, mask: np.ndarray) -> GroundTruth:
+        """The ground truth of the images where ``mask`` (boolean, one per image) is true."""
+        keep = np.asarray(mask, dtype=bool)
+        if keep.shape != self.ids.shape:
+            raise MetricError(f"mask has shape {keep.shape}, the ground truth {self.ids.shape}")
+        new_position = np.cumsum(keep) - 1
+        kept_pairs = keep[self.pair_image]
+        rank = np.empty(int(keep.sum()), dtype=np.int64)
+        rank[np.argsort(self.id_rank[keep], kind="stable")] = np.arange(rank.size)
+        return GroundTruth._checked(self.ids[keep], new_position[self.pair_image[kept_pairs]],
+                                    self.pair_landmark[kept_pairs], rank)
+
+    @classmethod
+    def from_mapping(cls, solution: Mapping[str, Iterable[int]]) -> GroundTruth:
+        """``{image id: landmark ids}``; an empty collection marks a non-landmark image."""
+        return cls.build(list(solution.keys()), list(solution.values()))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_landmark(self) -> np.ndarray:
+        """Boolean per image: does it show at least one landmark?"""
+        mask = np.zeros(len(self.ids), dtype=bool)
+        mask[self.pair_image] = True
+        return mask
+
+    @property
+    def num_landmark_images(self) -> int:
+        return int(self.has_landmark.sum())
+
+
+def _as_ground_truth(solution: GroundTruth | Mapping[str, Iterable[int]]) -> GroundTruth:
+    return solution if isinstance(solution, GroundTruth) else GroundTruth.from_mapping(solution)
+
+
+def _match(ids, landmark_ids, confidences, truth: GroundTruth):
+    """Keep real predictions; return their (image position, landmark id, confidence, correct) and the kept mask."""
+    ids = np.asarray(ids, dtype=object)
+    raw = np.asarray(landmark_ids)
+    n = len(ids)
+    if raw.shape != (n,):
+        raise MetricError(f"{n} ids but landmark_ids has shape {raw.shape}")
+    # -1, None or NaN (a pandas column with gaps) means "no prediction for this image".
+    lids = raw.astype(np.int64) if raw.dtype.kind in "iu" else np.where(pd.isna(raw), -1, raw).astype(np.int64)
+    if (lids < -1).any():
+        bad = int(np.flatnonzero(lids < -1)[0])
+        raise MetricError(f"image {ids[bad]!r}: landmark id {lids[bad]} is negative (-1 alone means no prediction)")
+    conf = np.zeros(n) if confidences is None else np.asarray(confidences, dtype=np.float64)
+    if conf.shape != (n,):
+        raise MetricError(f"{n} ids but confidences has shape {conf.shape}")
+    keep = lids >= 0
+    ids, lids, conf = ids[keep], lids[keep], conf[keep]
+    if not np.isfinite(conf).all():
+        bad = int(np.flatnonzero(~np.isfinite(conf))[0])
+        raise MetricError(f"image {ids[bad]!r}: confidence {conf[bad]!r} is not a finite number")
+    pos = truth.index.get_indexer(ids)
+    if (pos < 0).any():
+        raise MetricError(f"image {ids[np.flatnonzero(pos < 0)[0]]!r} is not in the ground truth")
+    repeated = np.bincount(pos, minlength=len(truth.ids)) > 1
+    if repeated.any():
+        raise MetricError(f"image {truth.ids[np.flatnonzero(repeated)[0]]!r} has more than one prediction")
+    # One int64 key per (image, landmark) pair; 1e6 images x 2e5 landmarks stays far below 2**63.
+    width = int(max(lids.max(initial=0), truth.pair_landmark.max(initial=0))) + 1
+    correct = np.isin(pos * width + lids, truth.pair_image * width + truth.pair_landmark)
+    return pos, lids, conf, correct, keep
+
+
+def global_average_precision(ids, landmark_ids, confidences, solution: GroundTruth | Mapping[str, Iterable[int]],
+                             *, ignore_nonlandmark: bool = False) -> float:
+    """Global Average Precision of one prediction per image.
+
+    ``ids``, ``landmark_ids``, ``confidences``: parallel sequences, at most one
+    entry per image; a landmark id of -1 (or None/NaN) means "no prediction".
+    ``solution``: a ``GroundTruth`` or ``{image id: landmark ids}`` covering
+    every predicted image (an empty collection marks a non-landmark image).
+    ``ignore_nonlandmark=True`` drops predictions on non-landmark images from
+    the ranking instead of counting them as misses (the competition does not).
+    Raises ``MetricError`` when the solution has no landmark image (M = 0).
+    """
+    truth = _as_ground_truth(solution)
+    m = truth.num_landmark_images
+    if m == 0:
+        raise MetricError("the solution has no landmark image, so GAP is undefined (M = 0)")
+    pos, lids, conf, correct, _ = _match(ids, landmark_ids, confidences, truth)
+    if ignore_nonlandmark:
+        on_landmark = truth.has_landmark[pos]
+        pos, lids, conf, correct = pos[on_landmark], lids[on_landmark], conf[on_landmark], correct[on_landmark]
+    if not correct.any():
+        return 0.0
+    # Tie order: confidence descending, then image id ascending, then landmark id ascending.
+    order = np.lexsort((lids, truth.id_rank[pos], -conf))
+    hits = correct[order]
+    ranks = np.flatnonzero(hits) + 1
+    precisions = np.arange(1, ranks.size + 1, dtype=np.float64) / ranks
+    return float(np.cumsum(precisions)[-1] / m)
+
+
+def correct_predictions(ids, landmark_ids, solution: GroundTruth | Mapping[str, Iterable[int]]) -> np.ndarray:
+    """Boolean per entry: does the prediction name one of the image's landmarks? (no prediction: False)."""
+    _, _, _, correct, keep = _match(ids, landmark_ids, None, _as_ground_truth(solution))
+    out = np.zeros(keep.shape, dtype=bool)
+    out[keep] = correct
+    return out
+
+
+def top1_accuracy(ids, landmark_ids, solution: GroundTruth | Mapping[str, Iterable[int]]) -> float:
+    """Share of landmark images whose prediction names one of their landmarks (no prediction: wrong).
+
+    Non-landmark images are left out. Raises ``MetricError`` when there is no landmark image.
+    """
+    truth = _as_ground_truth(solution)
+    m = truth.num_landmark_images
+    if m == 0:
+        raise MetricError("the solution has no landmark image, so top-1 accuracy is undefined")
+    return float(correct_predictions(ids, landmark_ids, truth).sum() / m)
+
+
+def top_k_accuracy(scores, labels, ks: Iterable[int] = TOP_K, *, chunk_rows: int = 4096) -> dict[int, float]:
+    """Top-k accuracy of a score matrix ``[N, C]`` against integer labels ``[N]``, for each k in ``ks``.
+
+    A row is right at k when fewer than k classes score strictly higher than
+    its label (ties at the boundary count as in, as ``keras.ops.in_top_k``
+    does). Rows labelled -1 (no landmark) are left out. Rows are processed in
+    chunks so an 81,313-class matrix never needs a second N x C array.
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, dtype=np.int64)
+    if scores.ndim != 2 or labels.shape != (scores.shape[0],):
+        raise MetricError(f"scores must be [N, C] and labels [N]; got {scores.shape} and {labels.shape}")
+    ks = tuple(int(k) for k in ks)
+    if any(k < 1 for k in ks):
+        raise MetricError(f"k must be >= 1, got {ks}")
+    valid = labels >= 0
+    if (labels >= scores.shape[1]).any():
+        raise MetricError(f"a label is >= the number of classes ({scores.shape[1]})")
+    if not valid.any():
+        raise MetricError("no row has a label (all are -1), so top-k accuracy is undefined")
+    scores, labels = scores[valid], labels[valid]
+    higher = np.empty(len(labels), dtype=np.int64)
+    for start in range(0, len(labels), chunk_rows):
+        block = scores[start:start + chunk_rows]
+        target = np.take_along_axis(block, labels[start:start + chunk_rows, None], axis=1)
+        higher[start:start + chunk_rows] = (block > target).sum(axis=1)
+    return {k: float((higher < k).mean()) for k in ks}
+
+
+def keras_top_k_metrics(num_classes: int, ks: Iterable[int] = TOP_K) -> list:
+    """Keras metrics ``top1``, ``top10``, ... for ``model.compile(metrics=...)`` on sparse labels.
+
+    k is capped at ``num_classes`` (top-k with k >= C is always right), so the
+    names stay comparable between a tiny test model and the 81,313-class one.
+    Labels must all be valid classes (training and validation shards are).
+    """
+    import keras  # lazily: scoring a CSV must not load TensorFlow
+
+    return [keras.metrics.SparseTopKCategoricalAccuracy(k=min(int(k), num_classes), name=f"top{int(k)}")
+            for k in ks]
