@@ -1,0 +1,330 @@
+"""Kaggle kernels and datasets from this checkout: ``kernels bundle``, ``kernels push NAME``, ``kernels datasets``.
+
+``bundle`` builds the package wheel (``pip wheel --no-deps``) into one dataset
+folder and copies a model folder (and, if given, a retrieval index) into
+others, each with its ``dataset-metadata.json``, so the offline submission
+kernel can ``pip install --no-index`` the package and find the model.
+
+``push NAME`` (submission | train | build) renders the kernel's metadata
+template with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``,
+else the ``username`` in the kaggle config file; the key is never read into
+anything we write), checks it against the rules the kaggle client enforces in
+``kernels_push`` plus our own (internet stated explicitly, no placeholder
+left), and runs the real ``kaggle kernels push -p``.
+
+``datasets`` uploads the bundle folders with ``kaggle datasets create``
+(``--new``) or ``kaggle datasets version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from landmark_kaggle.clibase import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLACEHOLDER = "YOUR_KAGGLE_USERNAME"
+# Kernel name -> its metadata template, relative to the checkout root.
+KERNEL_TEMPLATES = {
+    "submission": "kernel-metadata.json",
+    "train": "kernels/train/kernel-metadata.json",
+    "build": "kernels/build/kernel-metadata.json",
+}
+WHEEL_DATASET = "landmark-kaggle-wheel"
+MODEL_DATASET = "landmark-kaggle-model"
+INDEX_DATASET = "landmark-kaggle-index"
+DATASET_TITLES = {
+    WHEEL_DATASET: "landmark-kaggle package wheel",
+    MODEL_DATASET: "landmark-kaggle model folder",
+    INDEX_DATASET: "landmark-kaggle retrieval index",
+}
+MODEL_FILES = ("model.keras", "config.json", "label_map.csv")
+# Values the kaggle client accepts (kaggle_api_extended.KaggleApi.valid_push_*).
+LANGUAGES = ("python", "r", "rmarkdown")
+KERNEL_TYPES = ("script", "notebook")
+PINNING_TYPES = ("original", "latest")
+BOOL_KEYS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
+
+
+class KernelError(UserError):
+    """Metadata or a bundle that Kaggle would reject or that would leak a credential."""
+
+
+def kaggle_config_file() -> Path:
+    """Where the kaggle client looks for kaggle.json (its own search order)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    legacy = Path.home() / ".kaggle"
+    if legacy.exists():
+        return legacy / "kaggle.json"
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "kaggle" / "kaggle.json"
+
+
+def _config_values() -> dict:
+    path = kaggle_config_file()
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise KernelError(f"{path}: not valid JSON (line {exc.lineno})") from None
+
+
+def kaggle_username(explicit: str | None = None) -> str:
+    user = explicit or os.environ.get("KAGGLE_USERNAME") or _config_values().get("username")
+    if not user:
+        raise KernelError(f"no Kaggle user name: pass --user, set KAGGLE_USERNAME, or add it to {kaggle_config_file()}")
+    if "/" in user or not user.strip():
+        raise KernelError(f"Kaggle user name {user!r} is not valid")
+    return user
+
+
+def credential_values() -> list[str]:
+    """The secrets a bundle must never contain: the API key from the environment and the config file."""
+    values = [os.environ.get("KAGGLE_KEY", ""), os.environ.get("KAGGLE_API_TOKEN", ""), _config_values().get("key", "")]
+    return [v for v in values if v and len(v) >= 8]
+
+
+def scan_for_credentials(folder: Path) -> None:
+    """Refuse a bundle in which any file (or wheel member) contains a credential."""
+    secrets = [s.encode() for s in credential_values()]
+    if not secrets:
+        return
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        blobs = [(str(path), path.read_bytes())]
+        if path.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(path) as zf:
+                blobs += [(f"{path}!{n}", zf.read(n)) for n in zf.namelist()]
+        for where, data in blobs:
+            if any(s in data for s in secrets):
+                raise KernelError(f"{where} contains your Kaggle API key; remove it before uploading")
+
+
+def dataset_metadata(slug: str, user: str) -> dict:
+    return {"title": DATASET_TITLES[slug], "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
+
+
+def _write_json(path: Path, payload: dict) -> Path:
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def build_wheel(out_dir: Path, repo: Path = REPO_ROOT) -> Path:
+    """``pip wheel --no-deps`` from a clean copy of the package sources (no build/ litter in the checkout)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("landmark_kaggle-*.whl"):
+        old.unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src-copy"
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+        src.mkdir()
+        for name in ("setup.py", "README.md"):
+            shutil.copy2(repo / name, src / name)
+        for name in ("src", "tfrec_builder"):
+            shutil.copytree(repo / name, src / name, ignore=ignore)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+               "-q", "-w", str(out_dir), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KernelError(f"pip wheel failed:\n{proc.stderr.strip()[-2000:]}")
+    wheels = sorted(out_dir.glob("landmark_kaggle-*.whl"))
+    if len(wheels) != 1:
+        raise KernelError(f"expected one landmark_kaggle wheel in {out_dir}, found {len(wheels)}")
+    return wheels[0]
+
+
+def bundle(out_dir: str | Path, user: str, model_dir: str | Path | None = None,
+           index_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write the dataset folders the submission kernel attaches; returns slug -> folder."""
+    out = Path(out_dir)
+    folders: dict[str, Path] = {}
+    wheel_dir = out / WHEEL_DATASET
+    build_wheel(wheel_dir)
+    _write_json(wheel_dir / "dataset-metadata.json", dataset_metadata(WHEEL_DATASET, user))
+    folders[WHEEL_DATASET] = wheel_dir
+    if model_dir:
+        model_dir = Path(model_dir)
+        missing = [n for n in MODEL_FILES if not (model_dir / n).is_file()]
+        if missing:
+            raise KernelError(f"model folder {model_dir} lacks {', '.join(missing)}")
+        dest = out / MODEL_DATASET
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in MODEL_FILES:
+            shutil.copy2(model_dir / name, dest / name)
+        _write_json(dest / "dataset-metadata.json", dataset_metadata(MODEL_DATASET, user))
+        folders[MODEL_DATASET] = dest
+    if index_dir:
+        index_dir = Path(index_dir)
+        if not (index_dir / "index.json").is_file():
+            raise KernelError(f"{index_dir} is not a retrieval index (no index.json); make one with embed-index")
+        dest = out / INDEX_DATASET
+        # Flat files: `kaggle datasets create` skips sub-folders by default.
+        shutil.copytree(index_dir, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.partial*"))
+        _write_json(dest / "dataset-metadata.json", dataset_metadata(INDEX_DATASET, user))
+        folders[INDEX_DATASET] = dest
+    for folder in folders.values():
+        scan_for_credentials(folder)
+    return folders
+
+
+def _render(value, user: str):
+    if isinstance(value, str):
+        return value.replace(PLACEHOLDER, user)
+    if isinstance(value, list):
+        return [_render(v, user) for v in value]
+    return value
+
+
+def validate_kernel_metadata(meta: dict, folder: Path, *, where: str = "kernel-metadata.json") -> None:
+    """The checks of ``KaggleApi.kernels_push`` (kaggle 2.2.5), raised as KernelError, plus ours."""
+    def fail(msg: str) -> None:
+        raise KernelError(f"{where}: {msg}")
+
+    text = json.dumps(meta)
+    if PLACEHOLDER in text:
+        fail(f"still contains {PLACEHOLDER}; render it with `kernels push --user NAME`")
+    title = meta.get("title") or ""
+    if len(title) < 5:
+        fail("title must be at least five characters")
+    code = meta.get("code_file")
+    if not code:
+        fail("code_file is required")
+    if not (folder / code).is_file():
+        fail(f"code_file {code} not found in {folder}")
+    slug = meta.get("id") or ""
+    parts = slug.split("/")
+    if len(parts) != 2 or not all(parts):
+        fail(f"id {slug!r} must be 'username/kernel-slug' (no version)")
+    if len(parts[1]) < 5:
+        fail(f"kernel slug {parts[1]!r} must be at least five characters")
+    from slugify import slugify
+
+    # The client only warns here; a mismatch makes Kaggle create a second kernel, so we refuse.
+    if slugify(title) != parts[1].lower():
+        fail(f"title {title!r} slugifies to {slugify(title)!r}, not the id's slug {parts[1]!r}")
+    if meta.get("language") not in LANGUAGES:
+        fail(f"language must be one of {', '.join(LANGUAGES)}")
+    if meta.get("kernel_type") not in KERNEL_TYPES:
+        fail(f"kernel_type must be one of {', '.join(KERNEL_TYPES)}")
+    for key in BOOL_KEYS:
+        if key in meta and not (isinstance(meta[key], bool) or str(meta[key]).lower() in ("true", "false")):
+            fail(f"{key} must be true or false, not {meta[key]!r}")
+    # The client turns an absent enable_internet into true: state it every time.
+    if "enable_internet" not in meta:
+        fail("enable_internet must be written out (the kaggle client defaults it to true)")
+    for source in meta.get("dataset_sources", []):
+        bits = source.split("/")
+        if len(bits) not in (2, 3) or not bits[0] or not bits[1]:
+            fail(f"dataset source {source!r} must be 'username/dataset-slug[/version]'")
+    for source in meta.get("kernel_sources", []):
+        bits = source.split("/")
+        if len(bits) not in (2, 3) or not bits[0] or not bits[1] or len(bits[1]) < 5:
+            fail(f"kernel source {source!r} must be 'username/kernel-slug[/version]'")
+    for source in meta.get("model_sources", []):
+        if len(source.split("/")) != 5:
+            fail(f"model source {source!r} must be 'owner/model/framework/variation/version'")
+    pin = meta.get("docker_image_pinning_type")
+    if pin is not None and pin not in PINNING_TYPES:
+        fail(f"docker_image_pinning_type must be one of {', '.join(PINNING_TYPES)}")
+
+
+def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
+                  accelerator: str | None = None) -> Path:
+    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``."""
+    if name not in KERNEL_TEMPLATES:
+        raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
+    template = repo / KERNEL_TEMPLATES[name]
+    try:
+        meta = json.loads(template.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KernelError(f"{template} not found (run from a landmark-kaggle checkout)") from None
+    except json.JSONDecodeError as exc:
+        raise KernelError(f"{template}: not valid JSON (line {exc.lineno})") from None
+    # The template's code_file is relative to the template's folder.
+    code = template.parent / meta.get("code_file", "")
+    if not code.is_file():
+        raise KernelError(f"{template}: code_file {meta.get('code_file')!r} not found")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(code, out / code.name)
+    meta = {k: _render(v, user) for k, v in meta.items()}
+    meta["code_file"] = code.name
+    if accelerator:
+        meta["machine_shape"] = accelerator
+    validate_kernel_metadata(meta, out, where=str(template))
+    _write_json(out / "kernel-metadata.json", meta)
+    return out
+
+
+def kaggle_command() -> list[str]:
+    exe = Path(sys.executable).with_name("kaggle")
+    return [str(exe)] if exe.exists() else ["kaggle"]
+
+
+def run_kaggle(args: list[str]) -> str:
+    """Run the real kaggle client; its errors become one clear line."""
+    proc = subprocess.run(kaggle_command() + args, capture_output=True, text=True)
+    out = (proc.stdout + proc.stderr).strip()
+    # The client prints some failures ("Kernel push error: ...") and still exits 0.
+    if proc.returncode != 0 or " error:" in proc.stdout.lower() or proc.stdout.lower().startswith("error"):
+        raise KernelError(f"`kaggle {' '.join(args)}` failed: {out.splitlines()[-1] if out else proc.returncode}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = sub.add_parser("bundle", help="build the wheel dataset folder and pack the model (and index) folders")
+    b.add_argument("--model", help="model folder (model.keras, config.json, label_map.csv)")
+    b.add_argument("--index", help="retrieval index folder from embed-index")
+    b.add_argument("--out", default="bundles", help="where the dataset folders go (default: bundles)")
+    b.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
+    p = sub.add_parser("push", help="render a kernel's metadata for your user, check it, run `kaggle kernels push`")
+    p.add_argument("name", choices=sorted(KERNEL_TEMPLATES))
+    p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
+    p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
+    p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
+    p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
+    d = sub.add_parser("datasets", help="upload the bundle folders with `kaggle datasets create/version`")
+    d.add_argument("--out", default="bundles", help="the folder `kernels bundle` wrote")
+    d.add_argument("--new", action="store_true", help="first upload: `datasets create` instead of `version`")
+    d.add_argument("--message", default="landmark-kaggle update", help="version notes")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "bundle":
+        folders = bundle(args.out, kaggle_username(args.user), args.model, args.index)
+        for slug, folder in folders.items():
+            print(f"{slug}: {folder} ({sum(1 for p in folder.iterdir() if p.is_file())} files)")
+        print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")
+        return 0
+    if args.action == "push":
+        folder = render_kernel(args.name, kaggle_username(args.user), Path(args.out) / args.name,
+                               accelerator=args.accelerator)
+        if args.dry_run:
+            print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
+            return 0
+        push = ["kernels", "push", "-p", str(folder)]
+        if args.accelerator:
+            push += ["--accelerator", args.accelerator]
+        print(run_kaggle(push))
+        return 0
+    out = Path(args.out)
+    found = [out / slug for slug in DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
+    if not found:
+        raise KernelError(f"no bundle folders in {out}; run `landmark-kaggle kernels bundle` first")
+    for folder in found:
+        scan_for_credentials(folder)
+        cmd = (["datasets", "create", "-p", str(folder)] if args.new
+               else ["datasets", "version", "-p", str(folder), "-m", args.message])
+        print(run_kaggle(cmd))
+    print(f"uploaded {len(found)} datasets")
+    return 0

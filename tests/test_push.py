@@ -1,0 +1,208 @@
+"""`kernels push` and `kernels bundle` with the real kaggle client talking to a recording server on 127.0.0.1.
+
+The client is pointed at our server the way its own source allows:
+``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes kagglesdk send to ``http://localhost``
+and ``HTTP_PROXY`` routes that through 127.0.0.1:PORT, so the server sees the
+absolute URL of ``POST /api/v1/kernels.KernelsApiService/SaveKernel``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from landmark_kaggle import kernels
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "0123456789abcdef0123456789abcdef"  # a fake API key: must never land in a bundle
+CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body or b"{}")})
+        slug = self.requests[-1]["body"].get("slug", "")
+        reply = json.dumps({"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}",
+                            "versionNumber": 7, "error": None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kaggle_server():
+    _Recorder.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, _Recorder.requests
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def kaggle_env(tmp_path, kaggle_server):
+    server, _ = kaggle_server
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("KAGGLE_", "NO_PROXY", "HTTP"))}
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    env.update(KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY=proxy, http_proxy=proxy,
+               KAGGLE_USERNAME="alice", KAGGLE_KEY=SECRET, KAGGLE_CONFIG_DIR=str(tmp_path / "kcfg"),
+               HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    return env
+
+
+def _cli(args, env, cwd):
+    return subprocess.run(CLI + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _all_bytes(folder: Path):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        yield str(path), path.read_bytes()
+        if path.suffix == ".whl":
+            with zipfile.ZipFile(path) as zf:
+                for name in zf.namelist():
+                    yield f"{path}!{name}", zf.read(name)
+
+
+def test_push_submission_kernel_sends_code_metadata_and_sources(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "submission", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "Kernel version 7 successfully pushed" in proc.stdout
+    assert len(seen) == 1
+    req = seen[0]
+    assert req["path"] == "http://localhost/api/v1/kernels.KernelsApiService/SaveKernel"
+    body = req["body"]
+    assert body["slug"] == "alice/landmark-kaggle-submission"
+    assert body["newTitle"] == "Landmark Kaggle Submission"
+    assert body["text"] == (REPO / "kernels" / "submission.py").read_text(encoding="utf-8")
+    assert body["language"] == "python" and body["kernelType"] == "script"
+    assert body["enableGpu"] is True
+    # Internet must be off in the competition kernel; an absent key would mean "on" to the server.
+    assert body.get("enableInternet", None) is False
+    assert body["competitionDataSources"] == ["landmark-recognition-2021"]
+    assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-model",
+                                          "alice/landmark-kaggle-index"]
+    # The key travelled only as HTTP auth, never inside what we wrote.
+    assert "Authorization" in req["headers"]
+    for where, data in _all_bytes(tmp_path / "k"):
+        assert SECRET.encode() not in data, where
+
+
+def test_push_train_kernel_with_accelerator_override(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "train", "--accelerator", "NvidiaTeslaT4", "--out", str(tmp_path / "k")],
+                kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    body = seen[0]["body"]
+    assert body["slug"] == "alice/landmark-kaggle-train"
+    assert body["machineShape"] == "NvidiaTeslaT4"
+    assert body["text"] == (REPO / "kernels" / "train" / "train.py").read_text(encoding="utf-8")
+    assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-tfrec"]
+    rendered = json.loads((tmp_path / "k" / "train" / "kernel-metadata.json").read_text())
+    assert rendered["code_file"] == "train.py" and rendered["machine_shape"] == "NvidiaTeslaT4"
+
+
+def test_user_name_from_kaggle_config_file(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    env = dict(kaggle_env)
+    del env["KAGGLE_USERNAME"]
+    cfg = Path(env["KAGGLE_CONFIG_DIR"])
+    cfg.mkdir()
+    (cfg / "kaggle.json").write_text(json.dumps({"username": "bob", "key": SECRET}))
+    proc = _cli(["kernels", "push", "build", "--out", str(tmp_path / "k")], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert seen[0]["body"]["slug"] == "bob/landmark-kaggle-build"
+    assert seen[0]["body"]["competitionDataSources"] == ["landmark-recognition-2021"]
+
+
+def test_bad_metadata_is_refused_before_any_request(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    repo = tmp_path / "repo"
+    (repo / "kernels").mkdir(parents=True)
+    (repo / "kernels" / "submission.py").write_text("print('hi')\n")
+    good = json.loads((REPO / "kernel-metadata.json").read_text())
+    cases = {
+        "title must be at least five": {"title": "Subm"},
+        "enable_internet must be written out": {"enable_internet": None},
+        "slugifies to": {"title": "Another Title Entirely"},
+        "dataset source": {"dataset_sources": ["no-owner-here"]},
+        "language must be one of": {"language": "julia"},
+        "enable_gpu must be true or false": {"enable_gpu": "yes"},
+    }
+    for expected, change in cases.items():
+        meta = {k: v for k, v in {**good, **change}.items() if v is not None}
+        (repo / "kernel-metadata.json").write_text(json.dumps(meta))
+        with pytest.raises(kernels.KernelError, match=expected):
+            kernels.render_kernel("submission", "alice", tmp_path / "out", repo=repo)
+    # The real client agrees on the rules it shares with us, and also sends nothing.
+    folder = tmp_path / "client"
+    folder.mkdir()
+    (folder / "submission.py").write_text("print('hi')\n")
+    (folder / "kernel-metadata.json").write_text(json.dumps({**good, "id": "alice/landmark-kaggle-submission",
+                                                             "code_file": "submission.py", "title": "Subm",
+                                                             "dataset_sources": []}))
+    proc = subprocess.run(kernels.kaggle_command() + ["kernels", "push", "-p", str(folder)], env=kaggle_env,
+                          capture_output=True, text=True, timeout=120)
+    assert "Title must be at least five characters" in proc.stdout + proc.stderr
+    assert seen == []
+
+
+def test_unrendered_template_and_missing_user_are_clear_errors(tmp_path, kaggle_env):
+    env = dict(kaggle_env)
+    del env["KAGGLE_USERNAME"]
+    proc = _cli(["kernels", "push", "submission", "--dry-run", "--out", str(tmp_path / "k")], env, tmp_path)
+    assert proc.returncode == 2
+    assert "no Kaggle user name" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(kernels.KernelError, match="YOUR_KAGGLE_USERNAME"):
+        kernels.validate_kernel_metadata(json.loads((REPO / "kernel-metadata.json").read_text()), REPO)
+
+
+def _model_folder(path: Path) -> Path:
+    import keras
+
+    path.mkdir(parents=True)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(inputs)
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path / "model.keras")
+    (path / "config.json").write_text(json.dumps({"num_classes": 2}))
+    (path / "label_map.csv").write_text("label,landmark_id,count\n0,5,3\n1,9,4\n")
+    return path
+
+
+@pytest.mark.slow
+def test_bundle_has_wheel_model_and_no_credentials(tmp_path, kaggle_env):
+    model = _model_folder(tmp_path / "model")
+    proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(tmp_path / "b")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    wheel_dir, model_dir = tmp_path / "b" / "landmark-kaggle-wheel", tmp_path / "b" / "landmark-kaggle-model"
+    wheels = list(wheel_dir.glob("landmark_kaggle-*.whl"))
+    assert len(wheels) == 1
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "landmark_kaggle/predict.py" in names and "tfrec_builder/cli.py" in names
+    assert json.loads((wheel_dir / "dataset-metadata.json").read_text())["id"] == "alice/landmark-kaggle-wheel"
+    meta = json.loads((model_dir / "dataset-metadata.json").read_text())
+    assert meta["id"] == "alice/landmark-kaggle-model" and 6 <= len(meta["title"]) <= 50
+    assert (model_dir / "model.keras").read_bytes() == (model / "model.keras").read_bytes()
+    for where, data in _all_bytes(tmp_path / "b"):
+        assert SECRET.encode() not in data, where
+    # A key that sneaked into the model folder stops the bundle, naming the file.
+    (model / "config.json").write_text(json.dumps({"num_classes": 2, "note": SECRET}))
+    proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(tmp_path / "b2")], kaggle_env, tmp_path)
+    assert proc.returncode == 2
+    assert "config.json contains your Kaggle API key" in proc.stderr
