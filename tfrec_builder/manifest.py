@@ -1,0 +1,116 @@
+"""The shard folder's bookkeeping: ``manifest.json``, per-shard state, ``dataset-metadata.json``, atomic writes.
+
+``manifest.json`` accounts for every input id: written per split + removed as
+outlier + failed (each with its reason) = input; each shard has its record
+count and sha256. It holds no times, hosts or absolute paths, so an interrupted
+and resumed build, a partitioned build joined by ``merge`` and a single
+uninterrupted build give the same bytes. Build state (per-shard results, run
+log, temporary shards) lives in the hidden ``.build/`` folder, which
+``kaggle datasets create -p DIR`` skips like every subfolder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from landmark_kaggle.records import SPLITS
+
+FORMAT = "landmark-kaggle-tfrec/1"
+MANIFEST = "manifest.json"
+LABEL_MAP = "label_map.csv"
+DATASET_METADATA = "dataset-metadata.json"
+BUILD_DIR = ".build"
+
+
+def build_dir(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / BUILD_DIR
+
+
+def state_path(out_dir: str | os.PathLike, shard_file: str) -> Path:
+    return build_dir(out_dir) / "shards" / f"{shard_file}.json"
+
+
+def part_path(out_dir: str | os.PathLike, worker_index: int, num_workers: int) -> Path:
+    return build_dir(out_dir) / f"manifest-part-{worker_index:05d}-of-{num_workers:05d}.json"
+
+
+def dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temporary name beside ``path``, fsync, then rename: readers see all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def compose(head: dict, states: list[dict], landmark_ids: list[int],
+            partition: tuple[int, int] | None = None) -> dict:
+    """The manifest from the plan's ``head`` (settings, input, removed, planned shards) and shard states.
+
+    ``landmark_ids`` are the label map's; with ``partition`` (worker i of n) the
+    result is one worker's part, which ``merge`` joins with the others.
+    """
+    states = sorted(states, key=lambda s: (SPLITS.index(s["split"]), s["index"]))
+    written = {split: sum(s["count"] for s in states if s["split"] == split) for split in SPLITS}
+    failed = sorted((f | {"split": s["split"], "shard": s["file"]} for s in states for f in s["failed"]),
+                    key=lambda f: f["id"])
+    actions: dict[str, int] = {}
+    for s in states:
+        for k, v in s["actions"].items():
+            actions[k] = actions.get(k, 0) + v
+    trained = {lm for s in states if s["split"] == "train" for lm in s["landmarks"]}
+    manifest = dict(head)
+    manifest.update({
+        "written": written,
+        "failed": len(failed),
+        "failed_images": failed,
+        "actions": dict(sorted(actions.items())),
+        "shards": [{k: s[k] for k in ("file", "split", "index", "total", "count", "bytes", "sha256")}
+                   | {"failed": len(s["failed"])} for s in states],
+    })
+    if partition is None:
+        manifest["classes_without_train_images"] = sorted(set(landmark_ids) - trained)
+        manifest["balanced"] = sum(written.values()) + head["removed"] + len(failed) == head["input"]
+    else:
+        manifest["partition"] = {"worker_index": partition[0], "num_workers": partition[1],
+                                 "train_landmarks": sorted(trained)}
+    return manifest
+
+
+def dataset_metadata(dataset_id: str | None, image_size: int) -> dict:
+    """``kaggle datasets create -p DIR`` metadata; the owner comes from ``--dataset-id`` or KAGGLE_USERNAME."""
+    if not dataset_id:
+        owner = os.environ.get("KAGGLE_USERNAME") or "INSERT_YOUR_USERNAME"
+        dataset_id = f"{owner}/gldv2-tfrec-{image_size}"
+    return {
+        "title": f"GLDv2 TFRecords {image_size}px",
+        "id": dataset_id,
+        "licenses": [{"name": "CC-BY-4.0"}],
+        "subtitle": "Cleaned Google Landmarks v2 shards with a manifest",
+        "keywords": ["image", "computer vision"],
+    }

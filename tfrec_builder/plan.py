@@ -1,0 +1,139 @@
+"""Decide, before any image is read, which image goes into which shard: the same inputs always give one plan.
+
+The plan is what makes ``write`` resumable and partitionable: outliers are
+dropped, labels assigned, each class split into train/validation with a seeded
+generator, each split shuffled (so a shard mixes classes) and cut into shards
+of about ``shard_mb`` by the input files' sizes. Every worker, machine and rerun
+computes the same plan from the same folder, so shard ``k`` always holds the
+same records and a finished shard never needs rewriting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from landmark_kaggle import gld
+from landmark_kaggle.records import SPLITS, shard_name
+
+OUTLIER_COLUMNS = ["id", "landmark_id", "cluster", "reason"]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    index: int
+    total: int
+    frame: pd.DataFrame  # id, landmark_id, label, path in write order
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index, self.total)
+
+
+@dataclass(frozen=True)
+class Plan:
+    input_count: int
+    removed: pd.DataFrame  # the outliers.csv rows that were dropped
+    label_map: pd.DataFrame
+    shards: list[ShardPlan]
+    fingerprint: str  # sha256 over settings and every (shard, id, label) assignment
+    source: Path
+
+
+def read_outliers(path: str | os.PathLike, train: pd.DataFrame) -> pd.DataFrame:
+    """``clean/outliers.csv`` (id,landmark_id,cluster,reason), checked row by row against the train index."""
+    path = Path(path)
+    frame = gld._read_csv(path, OUTLIER_COLUMNS) if path.stat().st_size else pd.DataFrame(columns=OUTLIER_COLUMNS)
+    if frame.empty:
+        return frame
+    ids = frame["id"].str.strip()
+    gld._check_ids(ids, path)
+    landmark_ids = gld._parse_landmark_ids(frame["landmark_id"], path)
+    known = train.set_index("id")["landmark_id"]
+    present = ids.isin(known.index).to_numpy()
+    if not present.all():
+        pos = int(np.flatnonzero(~present)[0])
+        raise gld.GLDError(f"{path}: line {pos + 2}: id {ids.iloc[pos]} is not in the training index "
+                           f"({int((~present).sum())} unknown id(s) in all; was it cleaned from another folder?)")
+    expected = known.loc[ids].to_numpy()
+    wrong = expected != landmark_ids
+    if wrong.any():
+        pos = int(np.flatnonzero(wrong)[0])
+        raise gld.GLDError(f"{path}: line {pos + 2}: id {ids.iloc[pos]} has landmark_id {landmark_ids[pos]} "
+                           f"but train.csv says {expected[pos]}")
+    return pd.DataFrame({"id": ids.to_numpy(), "landmark_id": landmark_ids,
+                         "cluster": frame["cluster"].to_numpy(), "reason": frame["reason"].to_numpy()})
+
+
+def split_validation(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows: ``round(n·f)`` per class, but never a class's last training image."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 1])
+    key = rng.random(len(labels))
+    order = np.lexsort((key, labels))
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.arange(len(labels)) - starts
+    counts = np.bincount(labels)[sorted_labels]
+    n_val = np.minimum(np.rint(counts * val_fraction).astype(np.int64), counts - 1)
+    mask = np.zeros(len(labels), bool)
+    mask[order] = rank < n_val
+    return mask
+
+
+def file_sizes(paths: list[str], workers: int = 16) -> np.ndarray:
+    """Bytes of each file, 0 where it is missing (it then fails, counted, when its shard is written)."""
+    def size(p: str) -> int:
+        try:
+            return os.stat(p).st_size
+        except OSError:
+            return 0
+
+    if not paths:
+        return np.zeros(0, np.int64)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return np.fromiter(pool.map(size, paths, chunksize=256), np.int64, len(paths))
+
+
+def estimated_bytes(sizes: np.ndarray, image_size: int) -> np.ndarray:
+    # A resized file shrinks to about 0.35 bytes per pixel of the target square at
+    # quality 90; only the shard count depends on this, never which record goes where.
+    return np.minimum(sizes, int(0.35 * image_size * image_size) + 1024)
+
+
+def make_plan(data_dir: str | os.PathLike, *, outliers: str | os.PathLike | None, image_size: int,
+              quality: int, shard_mb: float, val_fraction: float, seed: int) -> Plan:
+    index = gld.load_train_index(data_dir)
+    frame = index.frame
+    removed = read_outliers(outliers, frame) if outliers else pd.DataFrame(columns=OUTLIER_COLUMNS)
+    # Sorting by id makes the plan independent of the CSV's row order.
+    kept = frame[~frame["id"].isin(set(removed["id"]))].sort_values("id", kind="stable").reset_index(drop=True)
+    if kept.empty:
+        raise gld.GLDError(f"{index.source}: every image is listed as an outlier; nothing to write")
+    label_map = gld.make_label_map(kept["landmark_id"])
+    kept["label"] = gld.attach_labels(kept, label_map)
+    is_val = split_validation(kept["label"].to_numpy(), val_fraction, seed)
+    est = estimated_bytes(file_sizes(kept["path"].tolist()), image_size)
+    shard_bytes = max(1.0, shard_mb * 1024 * 1024)
+    shards: list[ShardPlan] = []
+    digest = hashlib.sha256(repr((image_size, quality, shard_mb, val_fraction, seed)).encode())
+    for split_no, split in enumerate(SPLITS):
+        rows = np.flatnonzero(is_val if split == "validation" else ~is_val)
+        if not len(rows):
+            continue
+        rows = rows[np.random.default_rng([seed, 2, split_no]).permutation(len(rows))]
+        total = max(1, int(np.ceil(est[rows].sum() / shard_bytes)))
+        total = min(total, len(rows))
+        for i, part in enumerate(np.array_split(rows, total)):
+            sub = kept.iloc[part][["id", "landmark_id", "label", "path"]].reset_index(drop=True)
+            shards.append(ShardPlan(split, i, total, sub))
+            digest.update(f"{split}/{i}/{total}:".encode())
+            digest.update(("|".join(sub["id"] + ":" + sub["label"].astype(str))).encode())
+    return Plan(len(frame), removed, label_map, shards, digest.hexdigest(), index.source)
