@@ -98,6 +98,11 @@ def _first_reason(checks: list[tuple[np.ndarray, pd.Series]], n: int) -> pd.Seri
     return reasons
 
 
+def _show(values) -> pd.Series:
+    # Not .astype(str): pandas' string dtype keeps NaN missing, and a missing message would hide the bad row.
+    return pd.Series([str(v) for v in np.asarray(values).tolist()], dtype=object)
+
+
 def _id_check(ids: pd.Series) -> tuple[np.ndarray, pd.Series]:
     return ~ids.str.fullmatch(ID_PATTERN).to_numpy(bool), "id " + ids.map(repr) + " is not 16 lowercase hex characters"
 
@@ -126,7 +131,7 @@ def read_submission(path: str | os.PathLike, *, lenient: bool = False,
     two = count == 2
     reasons = _first_reason([
         _id_check(ids),
-        (count > 2, shown + " holds " + pd.Series(count).astype(str) + " values: more than one prediction in a row"),
+        (count > 2, shown + " holds " + _show(count) + " values: more than one prediction in a row"),
         (count == 1, shown + " must be '<landmark_id> <confidence>' or empty"),
         (two & lid_text.str.fullmatch(r"-\d+").to_numpy(bool), shown + " has a negative landmark id"),
         (two & ~lid_text.str.fullmatch(r"\d+").to_numpy(bool), shown + " has a landmark id that is not an integer"),
@@ -168,9 +173,9 @@ def write_submission(path: str | os.PathLike, ids: Sequence[str], landmark_ids: 
     reasons = _first_reason([
         _id_check(ids),
         (ids.duplicated().to_numpy(), "id " + ids.map(repr) + " appears more than once"),
-        (lids != np.round(lids), "landmark id " + pd.Series(lids).astype(str) + " is not an integer"),
-        (lids < -1, "landmark id " + pd.Series(lids).astype(str) + " is negative"),
-        (has & ~np.isfinite(conf), "confidence " + pd.Series(conf).astype(str) + " is not finite"),
+        (lids != np.round(lids), "landmark id " + _show(lids) + " is not an integer"),
+        (lids < -1, "landmark id " + _show(lids) + " is negative"),
+        (has & ~np.isfinite(conf), "confidence " + _show(conf) + " is not finite"),
     ], len(ids))
     if reasons.notna().any():
         pos = int(np.flatnonzero(reasons.notna().to_numpy())[0])
