@@ -13,7 +13,8 @@ figure. --json prints one JSON object with these keys:
   n_predictions      non-empty predictions on scored images
   n_correct          of those, the right ones
   n_public, n_private, n_ignored   solution rows by Usage
-  n_dropped          rows --lenient dropped or filled in (0 when strict)
+  n_dropped          submission rows --lenient dropped (bad, unknown or repeated id; 0 when strict)
+  n_filled           test images --lenient scored as "no prediction" because no valid row names them
 
 A figure whose subset has no landmark image (e.g. no Public rows, or a
 solution without a Usage column) is null, not 0.
@@ -58,7 +59,7 @@ def _text(result: dict) -> str:
         "landmark images)",
         f"score: {result['n_images']} images ({result['n_landmark_images']} with a landmark, "
         f"{result['n_ignored']} Ignored), {result['n_predictions']} predictions, "
-        f"{result['n_dropped']} bad rows dropped",
+        f"{result['n_dropped']} bad rows dropped, {result['n_filled']} missing images scored as empty",
     ])
 
 
@@ -69,16 +70,18 @@ def run(args: argparse.Namespace) -> int:
         # The dropped rows are listed below; the library's summary warning would repeat them.
         warnings.simplefilter("ignore")
         submission = read_submission(args.submission, lenient=args.lenient, dropped=dropped)
+        filled = len(set(solution["id"]) - set(submission["id"]))
         submission = validate_submission(submission, solution["id"].tolist(), source=args.submission,
                                          lenient=args.lenient, dropped=dropped)
     try:
         result = score(solution, submission, ignore_nonlandmark=args.ignore_nonlandmark)
     except MetricError as exc:
         raise UserError(f"{args.solution}: {exc}") from None
-    result["n_dropped"] = len(dropped)
+    result["n_dropped"] = len(dropped) - filled
+    result["n_filled"] = filled
     for line in dropped[:SHOW_DROPPED]:
-        print(f"dropped: {line}", file=sys.stderr)
+        print(f"lenient: {line}", file=sys.stderr)
     if len(dropped) > SHOW_DROPPED:
-        print(f"dropped: ... and {len(dropped) - SHOW_DROPPED} more", file=sys.stderr)
+        print(f"lenient: ... and {len(dropped) - SHOW_DROPPED} more", file=sys.stderr)
     print(json.dumps(result) if args.json else _text(result))
     return 0
