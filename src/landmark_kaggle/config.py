@@ -47,6 +47,8 @@ class ModelConfig:
     num_classes: int = 0  # 0: taken from the data's label_map.csv
     scale: float = 30.0
     margin: float = 0.5
+    # True: no margin where cos θ <= 0; False: the linear fallback past θ + m = π.
+    easy_margin: bool = False
     subcenters: int = 1
     dynamic_margin: bool = False
     margin_min: float = 0.05

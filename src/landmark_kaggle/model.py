@@ -1,0 +1,175 @@
+"""The recognition model (poster Figure 4) and its folder: build, compile, save, load, embed.
+
+images 0..255 → EfficientNetV2-S (no top) → GAP or GeM → Dropout → optional
+Dense+BatchNorm neck → ``embedding`` → cosine classifier (``s·cos θ``, float32).
+A model folder is ``model.keras`` + ``config.json`` (the resolved Config plus
+``num_classes``) + ``label_map.csv``; inference reads image size and
+preprocessing from it, never from its own defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from landmark_kaggle.clibase import UserError
+from landmark_kaggle.config import Config, config_from_dict, save_config
+from landmark_kaggle.gld import read_label_map, write_label_map
+from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D, dynamic_margins
+from landmark_kaggle.schedule import schedule_from_config
+
+TOP_K = (1, 10, 100, 1000)
+EMBEDDING_LAYER = "embedding"
+LOGITS_LAYER = "logits"
+
+
+@dataclass
+class ModelBundle:
+    model: keras.Model
+    config: Config
+    label_map: pd.DataFrame
+
+
+def build_backbone(cfg: Config) -> keras.Model:
+    """A keras.applications backbone without its top; weights none, "imagenet" or a local file."""
+    name = cfg.model.backbone
+    factory = getattr(keras.applications, name, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"model.backbone = {name!r} is not a keras.applications model (e.g. EfficientNetV2S)")
+    size = cfg.data.image_size
+    kwargs = {"include_top": False, "input_shape": (size, size, 3), "weights": None}
+    if "include_preprocessing" in factory.__code__.co_varnames:
+        kwargs["include_preprocessing"] = True  # the model takes 0..255 pixels and rescales itself
+    weights = cfg.model.weights
+    if weights not in ("none", "", "imagenet") and not Path(weights).is_file():
+        raise UserError(f"model.weights = {weights!r}: no such file; give a local .h5 / .weights.h5 "
+                        "of the backbone without its top, 'imagenet' (needs network) or 'none'")
+    if weights == "imagenet":
+        try:
+            return factory(**{**kwargs, "weights": "imagenet"})
+        except Exception as exc:  # a URL fetch failure, offline: say which file to provide instead
+            raise UserError(f"model.weights = 'imagenet' could not be fetched ({type(exc).__name__}: {exc}); "
+                            f"offline, download the {name} no-top ImageNet weights elsewhere and set "
+                            f"model.weights=/path/to/{name.lower()}_notop.h5") from None
+    backbone = factory(**kwargs)
+    if weights not in ("none", ""):
+        try:
+            backbone.load_weights(weights, skip_mismatch=False)
+        except Exception as exc:
+            raise UserError(f"model.weights = {weights!r} does not fit {name} without its top: {exc}") from None
+    return backbone
+
+
+def build_model(cfg: Config, num_classes: int, class_counts=None, *, steps_per_epoch: int | None = None,
+                compile: bool = True, lr_factor: float = 1.0) -> keras.Model:
+    """The Figure 4 model; compiled with AdamW + ArcFace + top-k metrics unless ``compile=False``.
+
+    Build it inside ``strategy.scope()`` when training distributed. ``class_counts``
+    (label order) feeds the dynamic margins when ``model.dynamic_margin`` is on.
+    """
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    m = cfg.model
+    size = cfg.data.image_size
+    inputs = keras.Input((size, size, 3), dtype="float32", name="image")
+    features = build_backbone(cfg)(inputs)
+    if m.pooling == "gem":
+        x = GeMPooling2D(p=m.gem_p, name="pool")(features)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    x = keras.layers.Dropout(m.dropout, name="dropout")(x)
+    if m.embedding_dim:
+        x = keras.layers.Dense(m.embedding_dim, use_bias=False, name="neck")(x)
+        x = keras.layers.BatchNormalization(name="neck_bn")(x)
+    x = keras.layers.Identity(name=EMBEDDING_LAYER)(x)
+    logits = CosineClassifier(num_classes, subcenters=m.subcenters, scale=m.scale, name=LOGITS_LAYER)(x)
+    model = keras.Model(inputs, logits, name="landmark_arcface")
+    if compile:
+        compile_model(model, cfg, class_counts, steps_per_epoch=steps_per_epoch or 1, lr_factor=lr_factor)
+    return model
+
+
+def make_loss(cfg: Config, class_counts=None) -> ArcFaceLoss:
+    m = cfg.model
+    margins = None
+    if m.dynamic_margin:
+        if class_counts is None:
+            raise UserError("model.dynamic_margin needs class counts (label_map.csv's count column)")
+        margins = dynamic_margins(class_counts, m.margin_min, m.margin_max)
+    return ArcFaceLoss(scale=m.scale, margin=m.margin, margins=margins, easy_margin=m.easy_margin)
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int, lr_factor: float = 1.0) -> keras.optimizers.Optimizer:
+    t = cfg.train
+    return keras.optimizers.AdamW(learning_rate=schedule_from_config(t, steps_per_epoch, lr_factor),
+                                  weight_decay=t.weight_decay, global_clipnorm=t.clipnorm or None)
+
+
+def topk_metrics(num_classes: int) -> list:
+    # k beyond the class count is always 1.0 but keeps history columns the same for every dataset.
+    return [keras.metrics.SparseTopKCategoricalAccuracy(k=min(k, num_classes), name=f"top{k}") for k in TOP_K]
+
+
+def compile_model(model: keras.Model, cfg: Config, class_counts=None, *, steps_per_epoch: int = 1,
+                  lr_factor: float = 1.0) -> None:
+    num_classes = model.output_shape[-1]
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, lr_factor), loss=make_loss(cfg, class_counts),
+                  metrics=topk_metrics(num_classes), jit_compile=False)
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """images → L2-normalised embedding (the vector the cosine classifier sees)."""
+    emb = model.get_layer(EMBEDDING_LAYER).output
+    unit = keras.layers.UnitNormalization(axis=-1, name="l2_normalize", dtype="float32")(emb)
+    return keras.Model(model.inputs, unit, name="landmark_embedding")
+
+
+def save_model_dir(model: keras.Model, cfg: Config, label_map: pd.DataFrame, out_dir, extra: dict | None = None):
+    """Write ``model.keras``, ``config.json`` and ``label_map.csv`` into ``out_dir``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    num_classes = int(model.output_shape[-1])
+    if len(label_map) != num_classes:
+        raise UserError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
+    tmp = out / "model.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, out / "model.keras")  # a reader never sees half a model
+    save_config(cfg, out / "config.json", {"num_classes": num_classes, **(extra or {})})
+    write_label_map(label_map, out / "label_map.csv")
+    return out
+
+
+def read_model_config(path) -> tuple[Config, dict]:
+    """The Config stored in a model folder's ``config.json`` and its extra keys (num_classes, …)."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    sections = {k: raw[k] for k in ("data", "model", "train", "inference") if k in raw}
+    extra = {k: v for k, v in raw.items() if k not in sections}
+    return config_from_dict(sections), extra
+
+
+def load_model_dir(path, *, compile: bool = False) -> ModelBundle:
+    """Load a model folder written by ``save_model_dir`` (or the trainer)."""
+    folder = Path(path)
+    for name in ("model.keras", "config.json", "label_map.csv"):
+        if not (folder / name).is_file():
+            raise UserError(f"model folder {folder} has no {name} (expected model.keras, config.json, label_map.csv)")
+    cfg, extra = read_model_config(folder / "config.json")
+    model = keras.saving.load_model(folder / "model.keras", compile=compile)
+    label_map = read_label_map(folder / "label_map.csv")
+    classes = int(model.output_shape[-1])
+    if len(label_map) != classes or extra.get("num_classes", classes) != classes:
+        raise UserError(f"{folder}: model outputs {classes} classes, label_map.csv has {len(label_map)}, "
+                        f"config.json says {extra.get('num_classes')}")
+    return ModelBundle(model=model, config=cfg, label_map=label_map)
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    total = int(sum(np.prod(v.shape) for v in model.weights))
+    return {"trainable": trainable, "total": total}
