@@ -68,30 +68,26 @@ def read_json(path: str | os.PathLike) -> dict:
         return json.load(fh)
 
 
-def compose(head: dict, states: list[dict], landmark_ids: list[int],
-            partition: tuple[int, int] | None = None) -> dict:
-    """The manifest from the plan's ``head`` (settings, input, removed, planned shards) and shard states.
+PART_KEYS = ("written", "failed", "failed_images", "actions", "shards", "partition", "balanced",
+             "classes_without_train_images")
 
-    ``landmark_ids`` are the label map's; with ``partition`` (worker i of n) the
-    result is one worker's part, which ``merge`` joins with the others.
-    """
-    states = sorted(states, key=lambda s: (SPLITS.index(s["split"]), s["index"]))
-    written = {split: sum(s["count"] for s in states if s["split"] == split) for split in SPLITS}
-    failed = sorted((f | {"split": s["split"], "shard": s["file"]} for s in states for f in s["failed"]),
-                    key=lambda f: f["id"])
-    actions: dict[str, int] = {}
-    for s in states:
-        for k, v in s["actions"].items():
-            actions[k] = actions.get(k, 0) + v
-    trained = {lm for s in states if s["split"] == "train" for lm in s["landmarks"]}
-    manifest = dict(head)
+
+def _shard_entry(state: dict) -> dict:
+    return {k: state[k] for k in ("file", "split", "index", "total", "count", "bytes", "sha256")} | {
+        "failed": len(state["failed"]) if isinstance(state["failed"], list) else state["failed"]}
+
+
+def _finish(head: dict, shards: list[dict], failed: list[dict], actions: dict, trained: set[int],
+            landmark_ids: list[int], partition: tuple[int, int] | None) -> dict:
+    shards = sorted(shards, key=lambda s: (SPLITS.index(s["split"]), s["index"]))
+    written = {split: sum(s["count"] for s in shards if s["split"] == split) for split in SPLITS}
+    manifest = {k: v for k, v in head.items() if k not in PART_KEYS}
     manifest.update({
         "written": written,
         "failed": len(failed),
-        "failed_images": failed,
+        "failed_images": sorted(failed, key=lambda f: f["id"]),
         "actions": dict(sorted(actions.items())),
-        "shards": [{k: s[k] for k in ("file", "split", "index", "total", "count", "bytes", "sha256")}
-                   | {"failed": len(s["failed"])} for s in states],
+        "shards": shards,
     })
     if partition is None:
         manifest["classes_without_train_images"] = sorted(set(landmark_ids) - trained)
@@ -100,6 +96,32 @@ def compose(head: dict, states: list[dict], landmark_ids: list[int],
         manifest["partition"] = {"worker_index": partition[0], "num_workers": partition[1],
                                  "train_landmarks": sorted(trained)}
     return manifest
+
+
+def compose(head: dict, states: list[dict], landmark_ids: list[int],
+            partition: tuple[int, int] | None = None) -> dict:
+    """The manifest from the plan's ``head`` (settings, input, removed, planned shards) and shard states.
+
+    ``landmark_ids`` are the label map's; with ``partition`` (worker i of n) the
+    result is one worker's part, which ``join`` merges with the others.
+    """
+    failed = [f | {"split": s["split"], "shard": s["file"]} for s in states for f in s["failed"]]
+    actions: dict[str, int] = {}
+    for s in states:
+        for k, v in s["actions"].items():
+            actions[k] = actions.get(k, 0) + v
+    trained = {lm for s in states if s["split"] == "train" for lm in s["landmarks"]}
+    return _finish(head, [_shard_entry(s) for s in states], failed, actions, trained, landmark_ids, partition)
+
+
+def join(parts: list[dict], landmark_ids: list[int]) -> dict:
+    """One manifest from every worker's part; identical to what a single-worker build writes."""
+    actions: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["actions"].items():
+            actions[k] = actions.get(k, 0) + v
+    return _finish(parts[0], [s for p in parts for s in p["shards"]], [f for p in parts for f in p["failed_images"]],
+                   actions, {lm for p in parts for lm in p["partition"]["train_landmarks"]}, landmark_ids, None)
 
 
 def dataset_metadata(dataset_id: str | None, image_size: int) -> dict:
