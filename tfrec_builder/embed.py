@@ -1,0 +1,125 @@
+"""Embed every training image of a GLDv2 folder into an embeddings store (for `tfrec-builder clean`).
+
+Backends: keras:<Application> (e.g. keras:EfficientNetB7), mmseg:<config>
+(e.g. mmseg:deeplabv3plus_r101-d8_4xb4-160k_ade20k-512x512, needs the seg
+extra), model:<MODEL_DIR> (a trained landmark-kaggle model) and
+avg:<a>+<b>+... (mean of L2-normalised embeddings). --weights PATH gives the
+local weights file, --weights none random weights (tests only); with neither,
+a keras backend names the file Keras would fetch and where to put it.
+
+The store is written chunk by chunk; a killed run resumes where it stopped when
+the same command is run again (finished chunks are kept). An image that cannot
+be read gets a NaN row and a line in the store's failed.csv; `clean` keeps
+such images and counts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from landmark_kaggle.embstore import StoreWriter
+from landmark_kaggle.gld import load_train_index
+from tfrec_builder.backends import Backend, build_backend, probe_image
+
+DEFAULT_CHUNK = 4096
+
+
+def read_image(path: str) -> tuple[np.ndarray | None, str]:
+    """RGB uint8 image, or (None, reason) for a missing or undecodable file."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError):
+        return None, "missing file"
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        return None, "not a decodable image"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), ""
+
+
+def embed_images(backend: Backend, images: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """Embed in fixed-size batches (the last one padded) so the graph is traced once."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        batch = images[s:s + batch_size]
+        pad = batch_size - len(batch)
+        vecs = backend.embed(batch + [batch[-1]] * pad)
+        out.append(vecs[:len(batch)])
+    return np.concatenate(out) if out else np.zeros((0, backend.dim), np.float32)
+
+
+def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str | None = None,
+                  image_size: int | None = None, batch_size: int = 32, chunk_size: int = DEFAULT_CHUNK,
+                  max_chunks: int | None = None, workers: int = 4, seed: int = 0, progress: bool = True) -> Path:
+    """Embed the training images of ``data_dir`` into ``out_store``; returns the store path.
+
+    ``max_chunks`` stops after that many new chunks (the store stays resumable),
+    so a long embed can be spread over several time-limited sessions.
+    """
+    index = load_train_index(data_dir)
+    if isinstance(backend, str):
+        backend = build_backend(backend, weights, image_size, seed)
+    probe = embed_images(backend, [probe_image()], batch_size)[0]
+    writer = StoreWriter(out_store, index.frame["id"].to_numpy(), backend.meta(), backend.dim, chunk_size, probe)
+    pending = writer.pending()
+    todo = pending[:max_chunks] if max_chunks is not None else pending
+    paths = index.frame["path"].to_numpy()
+    ids = index.frame["id"].to_numpy()
+    start, failed_total = time.time(), 0
+    bar = tqdm(total=sum(writer.chunk_rows(k).stop - writer.chunk_rows(k).start for k in todo), unit="img",
+               desc=f"embed {backend.name}", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for k in todo:
+            sl = writer.chunk_rows(k)
+            decoded = list(pool.map(read_image, paths[sl]))
+            good = [i for i, (im, _) in enumerate(decoded) if im is not None]
+            failed = [(str(ids[sl.start + i]), why) for i, (im, why) in enumerate(decoded) if im is None]
+            rows = np.full((sl.stop - sl.start, backend.dim), np.nan, np.float32)
+            if good:
+                rows[good] = embed_images(backend, [decoded[i][0] for i in good], batch_size)
+            writer.write_chunk(k, rows, failed)
+            failed_total += len(failed)
+            bar.update(sl.stop - sl.start)
+    bar.close()
+    left = len(writer.pending())
+    if left == 0:
+        writer.finalize()
+    if progress:
+        state = "complete" if left == 0 else f"{left} chunk(s) left; rerun to resume"
+        print(f"embed: {sum(writer.chunk_rows(k).stop - writer.chunk_rows(k).start for k in todo)} images "
+              f"({failed_total} unreadable) with {backend.name} (dim {backend.dim}) in {time.time() - start:.1f}s "
+              f"-> {out_store} [{state}]")
+    return Path(out_store)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="GLDv2 folder (train.csv or train_clean.csv, train/a/b/c/*.jpg)")
+    parser.add_argument("--out", required=True, help="embeddings store folder (created, or resumed if it exists)")
+    parser.add_argument("--backend", required=True,
+                        help="keras:<App> | mmseg:<config> | model:<MODEL_DIR> | avg:<a>+<b>+...")
+    parser.add_argument("--weights", default=None,
+                        help="local weights file, or 'none' for random weights (tests only)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size (keras default 224, mmseg 512; a model folder uses its own)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="images per resumable chunk")
+    parser.add_argument("--max-chunks", type=int, default=None,
+                        help="stop after this many chunks (resume later with the same command)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-reading threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
+
+
+def run(args: argparse.Namespace) -> int:
+    embed_dataset(args.data, args.out, args.backend, weights=args.weights, image_size=args.image_size,
+                  batch_size=args.batch_size, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
+                  workers=args.workers, seed=args.seed)
+    return 0
