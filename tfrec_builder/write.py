@@ -164,6 +164,11 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
     else:
         result = mf.compose(head, list(states.values()), lm_ids, partition=(worker_index, num_workers))
         mf.write_atomic(mf.part_path(out, worker_index, num_workers), mf.dumps(result))
+        from tfrec_builder.merge import all_parts_present, merge_parts
+
+        if all_parts_present(out, num_workers):
+            # The workers shared this folder and this one finished last: join them now.
+            result = merge_parts([out], out) | {"joined": True}
     log = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 3),
            "shards_written": len(tasks), "shards_skipped": len(mine) - len(tasks), "workers": workers,
            "worker_index": worker_index, "num_workers": num_workers}
@@ -175,7 +180,7 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
 
 def summary(result: dict, out_dir) -> str:
     w = result["written"]
-    part = result.get("partition")
+    part = None if result.get("joined") else result.get("partition")
     who = f"worker {part['worker_index']}/{part['num_workers']}: " if part else ""
     run = result.get("_run", {})
     return (f"{who}wrote {w['train']} train + {w['validation']} validation images in {len(result['shards'])} shards "
@@ -207,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                            num_workers=args.num_workers, dataset_id=args.dataset_id,
                            progress=not args.no_progress)
     print(summary(result, args.out))
-    if args.num_workers > 1:
+    if args.num_workers > 1 and not result.get("joined"):
         print(f"join the {args.num_workers} parts with: tfrec-builder merge {args.out} [OTHER_PART_DIRS…] "
               f"--out FOLDER")
     return 0
