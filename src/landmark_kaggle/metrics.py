@@ -11,7 +11,8 @@ over the first i predictions and rel(i) is 1 when prediction i names one of the
 image's landmarks. A prediction on a non-landmark image is a miss in the
 ranking; an image without a prediction adds nothing but still counts in M.
 Equal confidences are ordered by image id ascending, then landmark id
-ascending, so the score does not depend on the input order.
+ascending (the reference order; with one prediction per image the id decides),
+so the score does not depend on the input order.
 
 Everything here is numpy (and pandas for hashing ids); 1,000,000 predictions
 score in about a second. The sum is accumulated in rank order (``cumsum``), as
@@ -60,8 +61,12 @@ class GroundTruth:
         ids = np.asarray(ids, dtype=object)
         if len(ids) != len(landmarks):
             raise MetricError(f"{len(ids)} ids but {len(landmarks)} landmark lists")
-        lists = [(x,) if isinstance(x, int | np.integer) else tuple(x) for x in landmarks]
-        sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        lists = list(landmarks)
+        try:
+            sizes = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        except TypeError:  # single ints or generators among the lists: normalise (the slow path)
+            lists = [(x,) if isinstance(x, int | np.integer) else tuple(x) for x in lists]
+            sizes = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
         flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(sizes.sum()))
         rank = np.empty(len(ids), dtype=np.int64)
         rank[np.argsort(ids.astype(str), kind="stable")] = np.arange(len(ids))
@@ -139,9 +144,18 @@ def _match(ids, landmark_ids, confidences, truth: GroundTruth):
     repeated = np.bincount(pos, minlength=len(truth.ids)) > 1
     if repeated.any():
         raise MetricError(f"image {truth.ids[np.flatnonzero(repeated)[0]]!r} has more than one prediction")
-    # One int64 key per (image, landmark) pair; 1e6 images x 2e5 landmarks stays far below 2**63.
-    width = int(max(lids.max(initial=0), truth.pair_landmark.max(initial=0))) + 1
-    correct = np.isin(pos * width + lids, truth.pair_image * width + truth.pair_landmark)
+    # Most images have one landmark or none: compare with it directly. The few with several go through
+    # isin on one int64 key per (image, landmark) pair (1e6 images x 2e5 landmarks is far below 2**63).
+    per_image = np.bincount(truth.pair_image, minlength=len(truth.ids))
+    some_landmark = np.full(len(truth.ids), -1, dtype=np.int64)
+    some_landmark[truth.pair_image] = truth.pair_landmark
+    correct = some_landmark[pos] == lids
+    several = np.flatnonzero(per_image[pos] > 1)
+    if several.size:
+        width = int(max(lids.max(initial=0), truth.pair_landmark.max(initial=0))) + 1
+        multi = per_image[truth.pair_image] > 1
+        correct[several] = np.isin(pos[several] * width + lids[several],
+                                   truth.pair_image[multi] * width + truth.pair_landmark[multi])
     return pos, lids, conf, correct, keep
 
 
@@ -167,8 +181,13 @@ def global_average_precision(ids, landmark_ids, confidences, solution: GroundTru
         pos, lids, conf, correct = pos[on_landmark], lids[on_landmark], conf[on_landmark], correct[on_landmark]
     if not correct.any():
         return 0.0
-    # Tie order: confidence descending, then image id ascending, then landmark id ascending.
-    order = np.lexsort((lids, truth.id_rank[pos], -conf))
+    # Tie order: confidence descending, then image id ascending (then landmark id, which never decides:
+    # an image has one prediction at most). Put predictions in id order by scattering their id ranks
+    # (no sort), then a stable sort on confidence alone keeps that order within ties.
+    slot = np.full(len(truth.ids), -1, dtype=np.int64)
+    slot[truth.id_rank[pos]] = np.arange(pos.size)
+    by_id = slot[slot >= 0]
+    order = by_id[np.argsort(-conf[by_id], kind="stable")]
     hits = correct[order]
     ranks = np.flatnonzero(hits) + 1
     precisions = np.arange(1, ranks.size + 1, dtype=np.float64) / ranks
