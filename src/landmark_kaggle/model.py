@@ -130,6 +130,15 @@ def embedding_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, unit, name="landmark_embedding")
 
 
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same network and weights without optimizer or loss: a model folder is for inference."""
+    if model.optimizer is None:
+        return model
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model_dir(model: keras.Model, cfg: Config, label_map: pd.DataFrame, out_dir, extra: dict | None = None):
     """Write ``model.keras``, ``config.json`` and ``label_map.csv`` into ``out_dir``; returns the folder."""
     out = Path(out_dir)
@@ -138,7 +147,7 @@ def save_model_dir(model: keras.Model, cfg: Config, label_map: pd.DataFrame, out
     if len(label_map) != num_classes:
         raise UserError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
     tmp = out / "model.tmp.keras"
-    model.save(tmp)
+    inference_copy(model).save(tmp)
     os.replace(tmp, out / "model.keras")  # a reader never sees half a model
     save_config(cfg, out / "config.json", {"num_classes": num_classes, **(extra or {})})
     write_label_map(label_map, out / "label_map.csv")
