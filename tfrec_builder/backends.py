@@ -99,6 +99,7 @@ def keras_imagenet_file(factory, kwargs: dict) -> tuple[str, str, Path]:
     keras.applications call ``file_utils.get_file`` once the graph is built;
     it is swapped for a recorder just for that call, then put back.
     """
+    from keras.src.backend.config import keras_home
     from keras.src.utils import file_utils
 
     seen: dict = {}
@@ -117,7 +118,7 @@ def keras_imagenet_file(factory, kwargs: dict) -> tuple[str, str, Path]:
         file_utils.get_file = real
     if not seen:
         raise BackendError(f"{factory.__name__} did not ask Keras for ImageNet weights; pass --weights PATH")
-    cache = Path(seen["dir"] or Path.home() / ".keras").expanduser() / seen["subdir"] / seen["fname"]
+    cache = Path(seen["dir"] or keras_home()).expanduser() / seen["subdir"] / seen["fname"]
     return seen["fname"], seen["origin"], cache
 
 

@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from landmark_kaggle.embstore import StoreWriter
+from landmark_kaggle.embstore import StoreError, StoreWriter
 from landmark_kaggle.gld import load_train_index
-from tfrec_builder.backends import Backend, build_backend, probe_image
+from tfrec_builder.backends import Backend, build_backend, l2_normalize, probe_image
 
 DEFAULT_CHUNK = 4096
 
@@ -47,14 +47,44 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
 
 
 def embed_images(backend: Backend, images: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """Embed in fixed-size batches (the last one padded) so the graph is traced once."""
+    """L2-normalised embeddings, in fixed-size batches (the last one padded) so the graph is traced once.
+
+    Rows are stored unit-length: cleaning compares directions (cosine), and
+    float16 would flush the tiny outputs of some networks to zero or overflow large ones.
+    """
     out = []
     for s in range(0, len(images), batch_size):
         batch = images[s:s + batch_size]
         pad = batch_size - len(batch)
-        vecs = backend.embed(batch + [batch[-1]] * pad)
+        vecs = l2_normalize(backend.embed(batch + [batch[-1]] * pad))
         out.append(vecs[:len(batch)])
     return np.concatenate(out) if out else np.zeros((0, backend.dim), np.float32)
+
+
+def verify_rows(writer: StoreWriter, backend: Backend, paths: np.ndarray, batch_size: int, rows: int = 8) -> None:
+    """Re-embed the first readable images of a finished store and refuse it if they differ.
+
+    A store whose meta.json names one backend but whose vectors came from
+    another (or from other weights) fails here, not later in ``clean``.
+    """
+    picked, images = [], []
+    for i, path in enumerate(paths):
+        image, _ = read_image(path)
+        if image is not None:
+            picked.append(i)
+            images.append(image)
+        if len(picked) == rows:
+            break
+    if not picked:
+        return
+    fresh = embed_images(backend, images, batch_size)
+    stored = np.asarray(writer.matrix[picked], dtype=np.float32)
+    err = float(np.abs(stored - fresh).max()) if np.isfinite(stored).all() else np.inf
+    # Unit rows in float16 are good to ~1e-3; another network or weights is off by order 0.1-1.
+    if err > 1e-2:
+        raise StoreError(f"{writer.path}: rows {picked[0]}..{picked[-1]} differ from what {backend.name} computes now "
+                         f"(relative error {err:.3g}); the store was not written by the backend and weights its "
+                         "meta.json names")
 
 
 def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str | None = None,
@@ -69,8 +99,11 @@ def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str |
     if isinstance(backend, str):
         backend = build_backend(backend, weights, image_size, seed)
     probe = embed_images(backend, [probe_image()], batch_size)[0]
-    writer = StoreWriter(out_store, index.frame["id"].to_numpy(), backend.meta(), backend.dim, chunk_size, probe)
+    writer = StoreWriter(out_store, index.frame["id"].to_numpy(), dict(backend.meta(), l2_normalized=True),
+                         backend.dim, chunk_size, probe)
     pending = writer.pending()
+    if not pending:
+        verify_rows(writer, backend, paths=index.frame["path"].to_numpy(), batch_size=batch_size)
     todo = pending[:max_chunks] if max_chunks is not None else pending
     paths = index.frame["path"].to_numpy()
     ids = index.frame["id"].to_numpy()

@@ -5,6 +5,7 @@ Layout of a store folder::
     meta.json        backend, weights file + sha256, image size, dim, count, chunk size, complete flag
     ids.npy          the N image ids (16-hex str) in row order
     matrix.npy       float16 [N, D], preallocated; chunk k owns rows [k*chunk, (k+1)*chunk)
+                     (``embed`` stores L2-normalised rows: float16 keeps direction, not every magnitude)
     chunks/00007.json  written only after chunk 7's rows are flushed: its sha256 and unreadable ids
     probe.npy        float32 [D], the backend's embedding of a fixed synthetic image (a fingerprint)
     failed.csv       id,reason for images that could not be read (their rows are NaN)
@@ -213,19 +214,24 @@ class StoreWriter:
         return self.path
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
 def check_probe(path: Path, stored: np.ndarray, fresh: np.ndarray, backend: str, tol: float = 1e-2) -> None:
     """Refuse a store whose fingerprint differs from what ``backend`` computes now.
 
     The probe is a fixed synthetic image; the same network and weights give
-    the same vector up to float noise, any other network or weights do not.
+    the same direction up to float noise, any other network or weights do not.
     """
     stored = np.asarray(stored, np.float32).ravel()
     fresh = np.asarray(fresh, np.float32).ravel()
     if stored.shape != fresh.shape:
         raise StoreError(f"{path}: {PROBE} has {stored.size} dims but {backend} gives {fresh.size}: "
                          "the store was not made by this backend")
-    scale = max(float(np.abs(stored).max()), 1e-6)
-    err = float(np.abs(stored - fresh).max()) / scale
+    # Directions, not magnitudes: a randomly initialised network can output vectors of norm 1e-9.
+    err = float(np.abs(_unit(stored) - _unit(fresh)).max())
     if not np.isfinite(err) or err > tol:
         raise StoreError(f"{path}: the store's probe embedding differs from {backend}'s (relative error {err:.3g}); "
                          f"{META} names a backend or weights that did not write this store")
