@@ -135,3 +135,27 @@ def test_no_weights_and_no_network_names_the_file_to_provide(sample, tmp_path, c
     code = cli.main(["embed", "--data", str(sample), "--out", str(tmp_path / "s"), "--backend", "keras:NoSuchNet",
                      "--weights", "none"])
     assert code == 2 and "not a keras.applications model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_model_folder_backend_self_cleans(sample, tmp_path):
+    from landmark_kaggle.config import config_from_dict
+    from landmark_kaggle.gld import load_train_index
+    from landmark_kaggle.model import build_model, embedding_model, save_model_dir
+    from landmark_kaggle.pipeline import eval_transform
+    from tfrec_builder.clean import clean_dataset
+
+    index = load_train_index(sample)
+    cfg = config_from_dict({"data": {"image_size": SIZE}, "model": {"backbone": "MobileNetV3Small",
+                                                                    "embedding_dim": 16}})
+    model = build_model(cfg, index.num_classes)
+    folder = save_model_dir(model, cfg, index.label_map, tmp_path / "model")
+    store = open_store(_embed(sample, tmp_path / "s", f"model:{folder}"))
+    assert store.meta["backend"] == f"model:{folder}" and store.dim == 16 and store.meta["image_size"] == SIZE
+    # The store holds the model's own embedding of the eval-path image.
+    image = _images(sample, store.ids[:1])[0]
+    direct = embedding_model(model).predict_on_batch(np.asarray(eval_transform(image, cfg.data))[None])
+    np.testing.assert_allclose(store.matrix[:1].astype(np.float32), direct, rtol=0, atol=2e-3)
+    report = clean_dataset(store.path, sample, tmp_path / "clean", sheets=0, jobs=1, progress=False)
+    assert report["images"]["in"] == len(index) and report["settings"]["backend"] == f"model:{folder}"
+    assert report["images"]["removed"] + report["images"]["kept"] == len(index)
