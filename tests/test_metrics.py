@@ -121,6 +121,16 @@ def test_vectorised_gap_equals_the_loop_to_the_last_digit():
         global_average_precision(ids, lids, confs, truth)
 
 
+def test_aligned_predictions_need_no_ids():
+    truth = GroundTruth.from_mapping(SOLUTION)  # order A, B, C, D, E
+    lids, confs = [1, 2, 9, 7, -1], [0.9, 0.7, 0.6, 0.8, 0.0]
+    assert global_average_precision(None, lids, confs, truth) == pytest.approx((1 + 2 / 3) / 4, abs=1e-15)
+    assert correct_predictions(None, lids, truth).tolist() == [True, True, False, False, False]
+    assert top1_accuracy(None, lids, truth) == 0.5
+    with pytest.raises(MetricError, match="5 ids but landmark_ids has shape"):
+        global_average_precision(None, lids[:3], confs[:3], truth)
+
+
 def test_ground_truth_subset_keeps_pairs_and_order():
     truth = GroundTruth.from_mapping({C: [3], A: [1, 9], D: [], B: [2]})
     part = truth.subset(np.array([True, True, True, False]))

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from landmark_kaggle.metrics import MetricError
@@ -93,6 +94,17 @@ def test_strict_read_structure_errors(tmp_path):
         read_submission(header)
     with pytest.raises(SubmissionError, match="file not found"):
         read_submission(tmp_path / "none.csv")
+
+
+def test_quoted_and_crlf_files_read_like_plain_ones(tmp_path):
+    plain = write(tmp_path / "plain.csv", f"id,landmarks\n{hid('a')},12 0.5\n{hid('b')},\n{hid('c')},3 1e-3\n")
+    # Quotes send the file through the csv module instead of pandas' C reader: same frame, same lines.
+    quoted = write(tmp_path / "quoted.csv", f'id,landmarks\n{hid("a")},"12 0.5"\n"{hid("b")}",\n{hid("c")},3 1e-3\n')
+    crlf = write(tmp_path / "crlf.csv", plain.read_text().replace("\n", "\r\n"))
+    expected = read_submission(plain)
+    assert expected["landmark_id"].tolist() == [12, -1, 3] and expected["confidence"].iloc[2] == 0.001
+    for other in (quoted, crlf):
+        pd.testing.assert_frame_equal(read_submission(other), expected)
 
 
 def test_lenient_read_drops_and_counts(tmp_path):

@@ -23,6 +23,7 @@ the last digit (``benchmarks/gap.py`` checks this). Keras is imported only by
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,8 +53,12 @@ class GroundTruth:
     ids: np.ndarray
     pair_image: np.ndarray
     pair_landmark: np.ndarray
-    index: pd.Index
     id_rank: np.ndarray
+
+    @functools.cached_property
+    def index(self) -> pd.Index:
+        """Hash index of ``ids`` (built on first use, then reused)."""
+        return pd.Index(self.ids)
 
     @classmethod
     def build(cls, ids: Sequence[str] | np.ndarray, landmarks: Sequence[Iterable[int] | int]) -> GroundTruth:
@@ -70,17 +75,13 @@ class GroundTruth:
         flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(sizes.sum()))
         rank = np.empty(len(ids), dtype=np.int64)
         rank[np.argsort(ids.astype(str), kind="stable")] = np.arange(len(ids))
-        return cls._checked(ids, np.repeat(np.arange(len(ids), dtype=np.int64), sizes), flat, rank)
-
-    @classmethod
-    def _checked(cls, ids, pair_image, pair_landmark, id_rank) -> GroundTruth:
-        index = pd.Index(ids)
-        dup = index.duplicated()
+        truth = cls(ids, np.repeat(np.arange(len(ids), dtype=np.int64), sizes), flat, rank)
+        dup = truth.index.duplicated()
         if dup.any():
             raise MetricError(f"image id {ids[np.flatnonzero(dup)[0]]!r} appears twice in the ground truth")
-        if (pair_landmark < 0).any():
+        if (flat < 0).any():
             raise MetricError("ground-truth landmark ids must be non-negative")
-        return cls(ids, pair_image, pair_landmark, index, id_rank)
+        return truth
 
     def subset(self, mask: np.ndarray) -> GroundTruth:
         """The ground truth of the images where ``mask`` (boolean, one per image) is true."""
@@ -91,8 +92,8 @@ class GroundTruth:
         kept_pairs = keep[self.pair_image]
         rank = np.empty(int(keep.sum()), dtype=np.int64)
         rank[np.argsort(self.id_rank[keep], kind="stable")] = np.arange(rank.size)
-        return GroundTruth._checked(self.ids[keep], new_position[self.pair_image[kept_pairs]],
-                                    self.pair_landmark[kept_pairs], rank)
+        return GroundTruth(self.ids[keep], new_position[self.pair_image[kept_pairs]],
+                           self.pair_landmark[kept_pairs], rank)
 
     @classmethod
     def from_mapping(cls, solution: Mapping[str, Iterable[int]]) -> GroundTruth:
@@ -119,8 +120,12 @@ def _as_ground_truth(solution: GroundTruth | Mapping[str, Iterable[int]]) -> Gro
 
 
 def _match(ids, landmark_ids, confidences, truth: GroundTruth):
-    """Keep real predictions; return their (image position, landmark id, confidence, correct) and the kept mask."""
-    ids = np.asarray(ids, dtype=object)
+    """Keep real predictions; return their (image position, landmark id, confidence, correct) and the kept mask.
+
+    ``ids=None``: the predictions are aligned with ``truth.ids`` (entry i is for image i), so no id lookup.
+    """
+    aligned = ids is None
+    ids = truth.ids if aligned else np.asarray(ids, dtype=object)
     raw = np.asarray(landmark_ids)
     n = len(ids)
     if raw.shape != (n,):
@@ -138,12 +143,15 @@ def _match(ids, landmark_ids, confidences, truth: GroundTruth):
     if not np.isfinite(conf).all():
         bad = int(np.flatnonzero(~np.isfinite(conf))[0])
         raise MetricError(f"image {ids[bad]!r}: confidence {conf[bad]!r} is not a finite number")
-    pos = truth.index.get_indexer(ids)
-    if (pos < 0).any():
-        raise MetricError(f"image {ids[np.flatnonzero(pos < 0)[0]]!r} is not in the ground truth")
-    repeated = np.bincount(pos, minlength=len(truth.ids)) > 1
-    if repeated.any():
-        raise MetricError(f"image {truth.ids[np.flatnonzero(repeated)[0]]!r} has more than one prediction")
+    if aligned:
+        pos = np.flatnonzero(keep)
+    else:
+        pos = truth.index.get_indexer(ids)
+        if (pos < 0).any():
+            raise MetricError(f"image {ids[np.flatnonzero(pos < 0)[0]]!r} is not in the ground truth")
+        repeated = np.bincount(pos, minlength=len(truth.ids)) > 1
+        if repeated.any():
+            raise MetricError(f"image {truth.ids[np.flatnonzero(repeated)[0]]!r} has more than one prediction")
     # Most images have one landmark or none: compare with it directly. The few with several go through
     # isin on one int64 key per (image, landmark) pair (1e6 images x 2e5 landmarks is far below 2**63).
     per_image = np.bincount(truth.pair_image, minlength=len(truth.ids))
@@ -165,6 +173,8 @@ def global_average_precision(ids, landmark_ids, confidences, solution: GroundTru
 
     ``ids``, ``landmark_ids``, ``confidences``: parallel sequences, at most one
     entry per image; a landmark id of -1 (or None/NaN) means "no prediction".
+    ``ids=None`` says the other two are aligned with the solution's images
+    (entry i is for ``GroundTruth.ids[i]``), which skips the id lookup.
     ``solution``: a ``GroundTruth`` or ``{image id: landmark ids}`` covering
     every predicted image (an empty collection marks a non-landmark image).
     ``ignore_nonlandmark=True`` drops predictions on non-landmark images from

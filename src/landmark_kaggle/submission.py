@@ -10,75 +10,100 @@ Every problem is reported with the file and the 1-based line (line 1 is the
 header). Reading is strict: the first bad row raises ``SubmissionError``
 (a ``UserError``) with the number of bad rows in all. ``lenient=True`` drops
 bad rows instead, describes each in the ``dropped`` list the caller passes and
-warns with the count, so nothing is lost silently. Rows are read with the
-``csv`` module (exact line numbers, a wrong field count is one bad row, not a
-failed file) and checked with vectorised pandas string operations.
+warns with the count, so nothing is lost silently.
+
+Speed: a file without quotes whose every line has the header's field count is
+parsed by pandas' C reader (line = row + 2); anything else goes through the
+``csv`` module, which gives exact line numbers and turns a wrong field count
+into one bad row instead of a failed file. Checks build boolean masks over all
+rows; messages are formatted for the bad rows only.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from landmark_kaggle.clibase import UserError
-from landmark_kaggle.gld import ID_PATTERN
-from landmark_kaggle.metrics import (
-    GroundTruth,
-    MetricError,
-    correct_predictions,
-    global_average_precision,
-    top1_accuracy,
-)
+from landmark_kaggle.gld import hex_id_mask
+from landmark_kaggle.metrics import GroundTruth, MetricError, correct_predictions, global_average_precision
 
 SUBMISSION_COLUMNS = ["id", "landmarks"]
 USAGES = ("Public", "Private", "Ignored")
+# A check: (failed mask over all rows, message for row i); messages are built for failed rows only.
+Check = tuple[np.ndarray, Callable[[int], str]]
 
 
 class SubmissionError(UserError):
     """A bad submission or solution file; the message names the file and the row."""
 
 
-def _read_rows(path: Path, required: list[str], optional: list[str]) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
-    """CSV → (frame of str columns + ``line``, [(line, reason)] for rows with the wrong number of fields)."""
+def _header(path: Path, first_line: str, required: list[str], optional: list[str]) -> list[str]:
+    header = [h.strip() for h in next(csv.reader([first_line]), [])]
+    if not header:
+        raise SubmissionError(f"{path}: the file is empty (expected header {','.join(required)})")
+    if [c for c in required if c not in header] or [c for c in header if c not in required + optional] \
+            or len(set(header)) != len(header):
+        expected = ",".join(required) + (f"[,{','.join(optional)}]" if optional else "")
+        raise SubmissionError(f"{path}: line 1: header {','.join(header)!r} is not {expected}")
+    return header
+
+
+def _read_rows(path: Path, required: list[str], optional: list[str]) -> tuple[dict, np.ndarray, list]:
+    """CSV → ({column: object array of str}, line numbers, [(line, reason)] for rows with a wrong field count)."""
     if not path.is_file():
         raise SubmissionError(f"{path}: file not found")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise SubmissionError(f"{path}: the file is empty (expected header {','.join(required)})")
-        missing = [c for c in required if c not in header]
-        unknown = [c for c in header if c not in required + optional]
-        if missing or unknown or len(set(header)) != len(header):
-            raise SubmissionError(f"{path}: line 1: header {','.join(header)!r} is not "
-                                  f"{','.join(required)}" + (f"[,{','.join(optional)}]" if optional else ""))
-        rows, lines, structural = [], [], []
-        for row in reader:
-            if len(row) == len(header):
-                rows.append(row)
-                lines.append(reader.line_num)
-            else:
-                structural.append((reader.line_num, f"has {len(row)} field(s), expected {len(header)}"))
-    frame = pd.DataFrame(rows, columns=header, dtype=object)
-    frame = frame.astype({c: str for c in header}) if rows else pd.DataFrame({c: pd.Series(dtype=str) for c in header})
-    frame["line"] = np.asarray(lines, dtype=np.int64)
-    return frame, structural
+    data = path.read_bytes()
+    data = data.removeprefix(codecs.BOM_UTF8)
+    end_of_header = data.find(b"\n")
+    header = _header(path, data[: len(data) if end_of_header < 0 else end_of_header].decode("utf-8", "replace"),
+                     required, optional)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    line_ends = np.flatnonzero(raw == ord("\n"))
+    if not data.endswith(b"\n"):
+        line_ends = np.append(line_ends, len(data))
+    commas_per_line = np.diff(np.searchsorted(np.flatnonzero(raw == ord(",")), line_ends), prepend=0)
+    if b'"' not in data and (commas_per_line == len(header) - 1).all():
+        frame = pd.read_csv(io.BytesIO(data), dtype=object, na_filter=False, encoding="utf-8")
+        columns = {c.strip(): frame[c].to_numpy(dtype=object) for c in frame.columns}
+        return columns, np.arange(2, len(frame) + 2, dtype=np.int64), []
+    rows, lines, structural = [], [], []
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""))
+    next(reader)
+    for row in reader:
+        if len(row) == len(header):
+            rows.append(row)
+            lines.append(reader.line_num)
+        else:
+            structural.append((reader.line_num, f"has {len(row)} field(s), expected {len(header)}"))
+    table = np.array(rows, dtype=object).reshape(len(rows), len(header))
+    return {c: table[:, k] for k, c in enumerate(header)}, np.asarray(lines, dtype=np.int64), structural
 
 
-def _settle(path: Path, frame: pd.DataFrame, reasons: pd.Series, structural: list[tuple[int, str]],
-            lenient: bool, dropped: list[str] | None) -> pd.DataFrame:
-    """Raise on the first bad row (strict) or drop and record every bad row (lenient)."""
-    bad = reasons.notna().to_numpy()
-    problems = sorted(structural + list(zip(frame["line"].to_numpy()[bad].tolist(), reasons[bad].tolist(),
-                                            strict=True)))
+def _failures(checks: list[Check], n: int) -> tuple[np.ndarray, list[str]]:
+    """Positions of rows that fail a check, and for each the message of its first failed check."""
+    code = np.zeros(n, dtype=np.int16)
+    for k, (failed, _) in enumerate(checks, start=1):
+        code[(code == 0) & failed] = k
+    bad = np.flatnonzero(code)
+    return bad, [checks[code[i] - 1][1](int(i)) for i in bad]
+
+
+def _settle(path: Path, lines: np.ndarray, bad: np.ndarray, messages: list[str], structural: list,
+            lenient: bool, dropped: list[str] | None) -> np.ndarray:
+    """Raise on the first bad row (strict), or record every bad row and return the mask of rows to keep."""
+    problems = sorted(structural + list(zip(lines[bad].tolist(), messages, strict=True)))
+    keep = np.ones(len(lines), dtype=bool)
     if not problems:
-        return frame
+        return keep
     if not lenient:
         line, reason = problems[0]
         raise SubmissionError(f"{path}: line {line}: {reason} ({len(problems)} bad row(s) in all; "
@@ -86,25 +111,12 @@ def _settle(path: Path, frame: pd.DataFrame, reasons: pd.Series, structural: lis
     if dropped is not None:
         dropped.extend(f"{path}: line {line}: {reason}" for line, reason in problems)
     warnings.warn(f"{path}: dropped {len(problems)} bad row(s)", stacklevel=3)
-    return frame[~bad].reset_index(drop=True)
+    keep[bad] = False
+    return keep
 
 
-def _first_reason(checks: list[tuple[np.ndarray, pd.Series]], n: int) -> pd.Series:
-    """Per row, the message of the first failed check (None when every check passes)."""
-    reasons = pd.Series([None] * n, dtype=object)
-    for failed, messages in checks:
-        take = failed & reasons.isna().to_numpy()
-        reasons[take] = messages[take]
-    return reasons
-
-
-def _show(values) -> pd.Series:
-    # Not .astype(str): pandas' string dtype keeps NaN missing, and a missing message would hide the bad row.
-    return pd.Series([str(v) for v in np.asarray(values).tolist()], dtype=object)
-
-
-def _id_check(ids: pd.Series) -> tuple[np.ndarray, pd.Series]:
-    return ~ids.str.fullmatch(ID_PATTERN).to_numpy(bool), "id " + ids.map(repr) + " is not 16 lowercase hex characters"
+def _is_uint(texts) -> np.ndarray:
+    return np.fromiter((t.isascii() and t.isdigit() for t in texts), dtype=bool, count=len(texts))
 
 
 def read_submission(path: str | os.PathLike, *, lenient: bool = False,
@@ -118,40 +130,40 @@ def read_submission(path: str | os.PathLike, *, lenient: bool = False,
     Ids are checked against the test set by ``validate_submission``.
     """
     path = Path(path)
-    frame, structural = _read_rows(path, SUBMISSION_COLUMNS, [])
-    ids = frame["id"].str.strip()
-    text = frame["landmarks"].str.strip()
-    tokens = text.str.split()
-    count = tokens.str.len().fillna(0).to_numpy(np.int64)
-    lid_text = tokens.str[0].fillna("")
-    conf_text = tokens.str[1].fillna("")
-    conf = pd.to_numeric(conf_text, errors="coerce").to_numpy(np.float64)
-    spelled_nan = conf_text.str.lower().isin(["nan", "+nan", "-nan"]).to_numpy()
-    shown = "landmarks " + text.map(repr)
+    columns, lines, structural = _read_rows(path, SUBMISSION_COLUMNS, [])
+    ids = np.array([s.strip() for s in columns["id"]], dtype=object)
+    cells = columns["landmarks"]
+    tokens = [s.split() for s in cells]
+    count = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
     two = count == 2
-    reasons = _first_reason([
-        _id_check(ids),
-        (count > 2, shown + " holds " + _show(count) + " values: more than one prediction in a row"),
-        (count == 1, shown + " must be '<landmark_id> <confidence>' or empty"),
-        (two & lid_text.str.fullmatch(r"-\d+").to_numpy(bool), shown + " has a negative landmark id"),
-        (two & ~lid_text.str.fullmatch(r"\d+").to_numpy(bool), shown + " has a landmark id that is not an integer"),
-        (two & np.isnan(conf) & ~spelled_nan, shown + " has a confidence that is not a number"),
-        (two & ~np.isfinite(conf), shown + " has an infinite or NaN confidence"),
-    ], len(frame))
-    parsed = pd.DataFrame({
-        "id": ids,
-        "landmark_id": np.where(two, pd.to_numeric(lid_text.where(two, "-1"), errors="coerce"), -1),
-        "confidence": np.where(two, conf, np.nan),
-        "line": frame["line"],
-    })
-    parsed = _settle(path, parsed, reasons, structural, lenient, dropped)
-    parsed["landmark_id"] = parsed["landmark_id"].fillna(-1).astype(np.int64)
-    return parsed
+    lid_text = np.array([t[0] if len(t) == 2 else "0" for t in tokens], dtype=object)
+    conf_text = np.array([t[1] if len(t) == 2 else "0" for t in tokens], dtype=object)
+    lid_ok = _is_uint(lid_text)
+    negative = np.fromiter((t[:1] == "-" and t[1:].isascii() and t[1:].isdigit() for t in lid_text), dtype=bool,
+                           count=len(tokens))
+    conf = pd.to_numeric(pd.Series(conf_text, dtype=object), errors="coerce").to_numpy(np.float64)
+    spelled_nan = np.zeros(len(tokens), dtype=bool)
+    for i in np.flatnonzero(np.isnan(conf)):
+        spelled_nan[i] = conf_text[i].lower() in ("nan", "+nan", "-nan")
 
+    def cell(i: int) -> str:
+        return f"landmarks {cells[i].strip()!r}"
 
-def _format_confidence(value: float) -> str:
-    # repr is the shortest text that parses back to the same float: the round trip is exact.
-    return repr(float(value))
+    bad, messages = _failures([
+        (~hex_id_mask(ids), lambda i: f"id {ids[i]!r} is not 16 lowercase hex characters"),
+        (count > 2, lambda i: f"{cell(i)} holds {count[i]} values: more than one prediction in a row"),
+        (count == 1, lambda i: f"{cell(i)} must be '<landmark_id> <confidence>' or empty"),
+        (two & negative, lambda i: f"{cell(i)} has a negative landmark id"),
+        (two & ~lid_ok, lambda i: f"{cell(i)} has a landmark id that is not an integer"),
+        (two & np.isnan(conf) & ~spelled_nan, lambda i: f"{cell(i)} has a confidence that is not a number"),
+        (two & ~np.isfinite(conf), lambda i: f"{cell(i)} has an infinite or NaN confidence"),
+    ], len(ids))
+    keep = _settle(path, lines, bad, messages, structural, lenient, dropped)
+    good = two & keep
+    landmark_id = np.full(len(ids), -1, dtype=np.int64)
+    landmark_id[good] = lid_text[good].astype(np.int64)
+    return pd.DataFrame({"id": ids[keep], "landmark_id": landmark_id[keep],
+                         "confidence": np.where(good, conf, np.nan)[keep], "line": lines[keep]})
 
 
 def write_submission(path: str | os.PathLike, ids: Sequence[str], landmark_ids: Sequence[int | None],
@@ -160,34 +172,35 @@ def write_submission(path: str | os.PathLike, ids: Sequence[str], landmark_ids: 
 
     ``landmark_ids[i]`` of -1 or None writes an empty prediction (its
     confidence is ignored). Ids must be unique and 16 lowercase hex; written
-    confidences must be finite. The file appears atomically (temp + rename).
+    confidences must be finite. A confidence is written as ``repr(float)``, the
+    shortest text that reads back as the same float, so the round trip is
+    exact. The file appears atomically (temp + rename).
     """
     path = Path(path)
-    ids = pd.Series(list(ids), dtype=object).astype(str)
-    lids = pd.to_numeric(pd.Series(list(landmark_ids), dtype=object), errors="coerce")
+    ids = np.array([str(i) for i in ids], dtype=object)
+    lids = pd.to_numeric(pd.Series(list(landmark_ids), dtype=object), errors="coerce").to_numpy(np.float64)
     conf = pd.to_numeric(pd.Series(list(confidences), dtype=object), errors="coerce").to_numpy(np.float64)
     if not len(ids) == len(lids) == len(conf):
         raise SubmissionError(f"{path}: {len(ids)} ids, {len(lids)} landmark ids and {len(conf)} confidences")
-    lids = lids.fillna(-1).to_numpy()
+    lids = np.where(np.isnan(lids), -1, lids)
     has = lids >= 0
-    reasons = _first_reason([
-        _id_check(ids),
-        (ids.duplicated().to_numpy(), "id " + ids.map(repr) + " appears more than once"),
-        (lids != np.round(lids), "landmark id " + _show(lids) + " is not an integer"),
-        (lids < -1, "landmark id " + _show(lids) + " is negative"),
-        (has & ~np.isfinite(conf), "confidence " + _show(conf) + " is not finite"),
+    bad, messages = _failures([
+        (~hex_id_mask(ids), lambda i: f"id {ids[i]!r} is not 16 lowercase hex characters"),
+        (pd.Series(ids).duplicated().to_numpy(), lambda i: f"id {ids[i]!r} appears more than once"),
+        (lids != np.round(lids), lambda i: f"landmark id {lids[i]} is not an integer"),
+        (lids < -1, lambda i: f"landmark id {lids[i]:g} is negative"),
+        (has & ~np.isfinite(conf), lambda i: f"confidence {conf[i]} is not finite"),
     ], len(ids))
-    if reasons.notna().any():
-        pos = int(np.flatnonzero(reasons.notna().to_numpy())[0])
-        raise SubmissionError(f"{path}: cannot write row {pos} (id {ids.iloc[pos]!r}): {reasons.iloc[pos]} "
-                              f"({int(reasons.notna().sum())} bad row(s) in all)")
-    cells = [f"{int(lid)} {_format_confidence(c)}" if h else ""
+    if bad.size:
+        raise SubmissionError(f"{path}: cannot write row {bad[0]} (id {ids[bad[0]]!r}): {messages[0]} "
+                              f"({bad.size} bad row(s) in all)")
+    cells = [f"{int(lid)} {c!r}" if h else ""
              for lid, c, h in zip(lids.tolist(), conf.tolist(), has.tolist(), strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         handle.write("id,landmarks\n")
-        handle.writelines(f"{i},{cell}\n" for i, cell in zip(ids.tolist(), cells, strict=True))
+        handle.writelines(f"{i},{c}\n" for i, c in zip(ids.tolist(), cells, strict=True))
     os.replace(tmp, path)
     return path
 
@@ -200,30 +213,32 @@ def read_solution(path: str | os.PathLike) -> pd.DataFrame:
     non-negative integer, an unknown Usage) raises with its line.
     """
     path = Path(path)
-    frame, structural = _read_rows(path, SUBMISSION_COLUMNS, ["Usage"])
-    ids = frame["id"].str.strip()
-    text = frame["landmarks"].str.strip()
-    usage = frame["Usage"].str.strip() if "Usage" in frame else pd.Series([""] * len(frame), dtype=str)
-    reasons = _first_reason([
-        _id_check(ids),
-        (ids.duplicated().to_numpy(), "id " + ids.map(repr) + " appears more than once"),
-        (~text.str.fullmatch(r"(\d+(\s+\d+)*)?").to_numpy(bool),
-         "landmarks " + text.map(repr) + " must be landmark ids (non-negative integers) separated by spaces"),
-        (("Usage" in frame) & ~usage.isin(USAGES).to_numpy(),
-         "Usage " + usage.map(repr) + f" is not one of {', '.join(USAGES)}"),
-    ], len(frame))
-    _settle(path, frame, reasons, structural, lenient=False, dropped=None)
-    if frame.empty:
+    columns, lines, structural = _read_rows(path, SUBMISSION_COLUMNS, ["Usage"])
+    ids = np.array([s.strip() for s in columns["id"]], dtype=object)
+    text = columns["landmarks"]
+    tokens = [s.split() for s in text]
+    has_usage = "Usage" in columns
+    usage = np.array([s.strip() for s in columns["Usage"]] if has_usage else [""] * len(ids), dtype=object)
+    landmarks_ok = np.fromiter((all(t.isascii() and t.isdigit() for t in ts) for ts in tokens), dtype=bool,
+                               count=len(tokens))
+    bad, messages = _failures([
+        (~hex_id_mask(ids), lambda i: f"id {ids[i]!r} is not 16 lowercase hex characters"),
+        (pd.Series(ids).duplicated().to_numpy(), lambda i: f"id {ids[i]!r} appears more than once"),
+        (~landmarks_ok, lambda i: f"landmarks {text[i].strip()!r} must be landmark ids (non-negative integers) "
+                                  "separated by spaces"),
+        (np.zeros(len(ids), bool) if not has_usage else ~pd.Series(usage).isin(USAGES).to_numpy(),
+         lambda i: f"Usage {usage[i]!r} is not one of {', '.join(USAGES)}"),
+    ], len(ids))
+    _settle(path, lines, bad, messages, structural, lenient=False, dropped=None)
+    if len(ids) == 0:
         raise SubmissionError(f"{path}: the solution has a header but no rows")
-    landmarks = [tuple(int(x) for x in t.split()) for t in text.tolist()]
-    return pd.DataFrame({"id": ids, "landmarks": pd.Series(landmarks, dtype=object), "usage": usage,
-                         "line": frame["line"]})
+    landmarks = pd.Series([tuple(map(int, ts)) for ts in tokens], dtype=object)
+    return pd.DataFrame({"id": ids, "landmarks": landmarks, "usage": usage, "line": lines})
 
 
 def _row_name(frame: pd.DataFrame, pos: int, source: str) -> str:
-    if "line" in frame:
-        return f"{source}: line {int(frame['line'].iloc[pos])}"
-    return f"{source}: row {pos}"
+    line = frame["line"].iloc[pos] if "line" in frame else None
+    return f"{source}: row {pos}" if line is None or pd.isna(line) else f"{source}: line {int(line)}"
 
 
 def validate_submission(submission: pd.DataFrame, test_ids: Sequence[str], *, source: str | os.PathLike = "submission",
@@ -238,18 +253,18 @@ def validate_submission(submission: pd.DataFrame, test_ids: Sequence[str], *, so
     """
     source = str(source)
     frame = submission.reset_index(drop=True)
-    ids = frame["id"].astype(str)
-    known = pd.Index(pd.Series(list(test_ids), dtype=object).astype(str))
-    problems: list[str] = []
-    repeated = ids.duplicated().to_numpy()
-    unknown = ~ids.isin(known).to_numpy()
-    for pos in np.flatnonzero(repeated | unknown):
-        what = "appears more than once" if repeated[pos] else "is not a test image"
-        problems.append(f"{_row_name(frame, int(pos), source)}: id {ids.iloc[pos]!r} {what}")
-    missing = known[~known.isin(ids)]
-    problems += [f"{source}: test image {m!r} has no row" for m in missing]
-    if not problems:
+    ids = frame["id"].to_numpy(dtype=object)
+    known = pd.Index(np.asarray(test_ids, dtype=object))
+    position = known.get_indexer(ids)
+    unknown = position < 0
+    repeated = pd.Series(ids).duplicated().to_numpy() & ~unknown
+    missing = known[np.bincount(position[~unknown], minlength=len(known)) == 0]
+    if not (unknown.any() or repeated.any() or len(missing)):
         return frame
+    problems = [f"{_row_name(frame, int(i), source)}: id {ids[i]!r} "
+                f"{'appears more than once' if repeated[i] else 'is not a test image'}"
+                for i in np.flatnonzero(unknown | repeated)]
+    problems += [f"{source}: test image {m!r} has no row" for m in missing]
     if not lenient:
         raise SubmissionError(f"{problems[0]} ({int(repeated.sum())} repeated, {int(unknown.sum())} unknown, "
                               f"{len(missing)} missing id(s) in all)")
@@ -257,9 +272,8 @@ def validate_submission(submission: pd.DataFrame, test_ids: Sequence[str], *, so
         dropped.extend(problems)
     warnings.warn(f"{source}: dropped {int((repeated | unknown).sum())} row(s), "
                   f"{len(missing)} test image(s) had no row (scored as no prediction)", stacklevel=2)
-    kept = frame[~(repeated | unknown)]
     filler = pd.DataFrame({"id": missing.to_numpy(dtype=object), "landmark_id": -1, "confidence": np.nan})
-    return pd.concat([kept, filler], ignore_index=True)
+    return pd.concat([frame[~(repeated | unknown)], filler], ignore_index=True)
 
 
 def solution_truth(solution: pd.DataFrame) -> GroundTruth:
@@ -278,34 +292,38 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame, *, ignore_nonlandmar
     top1, n_images, n_landmark_images, n_predictions, n_correct,
     n_public, n_private, n_ignored.
     """
-    validate_submission(submission, solution["id"].tolist())
-    usage = solution["usage"].to_numpy(dtype=str)
     truth = solution_truth(solution)
-    scored = truth.subset(usage != "Ignored")
-    preds = submission[submission["landmark_id"].to_numpy() >= 0]
-    preds = preds[preds["id"].isin(scored.index)]
-    args = (preds["id"].to_numpy(dtype=object), preds["landmark_id"].to_numpy(), preds["confidence"].to_numpy())
+    validate_submission(submission, truth.ids)
+    # Align the predictions with the solution's rows once; every subset below is then a mask.
+    position = truth.index.get_indexer(submission["id"].to_numpy(dtype=object))
+    lids = np.full(len(truth), -1, dtype=np.int64)
+    conf = np.full(len(truth), np.nan)
+    lids[position] = submission["landmark_id"].to_numpy(np.int64)
+    conf[position] = submission["confidence"].to_numpy(np.float64)
+    usage = solution["usage"].to_numpy(dtype=object)
+    ignored = usage == "Ignored"
+    scored = truth.subset(~ignored)
     if scored.num_landmark_images == 0:
         raise MetricError(f"no landmark image among the {len(scored)} scored solution rows "
-                          f"({int((usage == 'Ignored').sum())} Ignored), so GAP is undefined")
+                          f"({int(ignored.sum())} Ignored), so GAP is undefined")
 
-    def gap_of(name: str) -> float | None:
-        part = truth.subset(usage == name)
+    def gap_of(mask: np.ndarray) -> float | None:
+        part = truth.subset(mask)
         if part.num_landmark_images == 0:
             return None
-        inside = preds["id"].isin(part.index).to_numpy()
-        return global_average_precision(*(a[inside] for a in args), part, ignore_nonlandmark=ignore_nonlandmark)
+        return global_average_precision(None, lids[mask], conf[mask], part, ignore_nonlandmark=ignore_nonlandmark)
 
+    n_correct = int(correct_predictions(None, lids[~ignored], scored).sum())
     return {
-        "gap": global_average_precision(*args, scored, ignore_nonlandmark=ignore_nonlandmark),
-        "gap_public": gap_of("Public"),
-        "gap_private": gap_of("Private"),
-        "top1": top1_accuracy(args[0], args[1], scored),
+        "gap": gap_of(~ignored),
+        "gap_public": gap_of(usage == "Public"),
+        "gap_private": gap_of(usage == "Private"),
+        "top1": n_correct / scored.num_landmark_images,
         "n_images": len(scored),
         "n_landmark_images": scored.num_landmark_images,
-        "n_predictions": len(preds),
-        "n_correct": int(correct_predictions(args[0], args[1], scored).sum()),
+        "n_predictions": int((lids[~ignored] >= 0).sum()),
+        "n_correct": n_correct,
         "n_public": int((usage == "Public").sum()),
         "n_private": int((usage == "Private").sum()),
-        "n_ignored": int((usage == "Ignored").sum()),
+        "n_ignored": int(ignored.sum()),
     }
