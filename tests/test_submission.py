@@ -92,6 +92,10 @@ def test_strict_read_structure_errors(tmp_path):
     header = write(tmp_path / "c.csv", f"id,prediction\n{hid('a')},4 0.9\n")
     with pytest.raises(SubmissionError, match=r"c.csv: line 1: header"):
         read_submission(header)
+    latin1 = tmp_path / "d.csv"
+    latin1.write_bytes(f"id,landmarks\n{hid('a')},4 0.9\n{hid('b')},4 0.9\xe9\n".encode("latin-1"))
+    with pytest.raises(SubmissionError, match=r"d.csv: line 3: not UTF-8 text \(byte 0xe9\)"):
+        read_submission(latin1)
     with pytest.raises(SubmissionError, match="file not found"):
         read_submission(tmp_path / "none.csv")
 
@@ -131,6 +135,13 @@ def test_validate_against_test_ids(tmp_path):
     assert sorted(fixed["id"]) == test_ids
     assert fixed.set_index("id")["landmark_id"].to_dict() == {hid("a"): 1, hid("b"): -1}
     assert len(dropped) == 3 and "test image 'b0" in dropped[2]
+
+
+def test_validate_names_rows_of_an_in_memory_frame():
+    # predict validates its frame before writing: no file, so rows are named by position.
+    frame = pd.DataFrame({"id": [hid("a"), hid("a")], "landmark_id": [1, 2], "confidence": [0.5, 0.4]})
+    with pytest.raises(SubmissionError, match=r"^predictions: row 1: id 'a0+' appears more than once"):
+        validate_submission(frame, [hid("a")], source="predictions")
 
 
 def test_read_solution(tmp_path):

@@ -61,10 +61,14 @@ def _read_rows(path: Path, required: list[str], optional: list[str]) -> tuple[di
     """CSV → ({column: object array of str}, line numbers, [(line, reason)] for rows with a wrong field count)."""
     if not path.is_file():
         raise SubmissionError(f"{path}: file not found")
-    data = path.read_bytes()
-    data = data.removeprefix(codecs.BOM_UTF8)
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SubmissionError(f"{path}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
     end_of_header = data.find(b"\n")
-    header = _header(path, data[: len(data) if end_of_header < 0 else end_of_header].decode("utf-8", "replace"),
+    header = _header(path, data[: len(data) if end_of_header < 0 else end_of_header].decode("utf-8"),
                      required, optional)
     raw = np.frombuffer(data, dtype=np.uint8)
     line_ends = np.flatnonzero(raw == ord("\n"))
@@ -76,7 +80,7 @@ def _read_rows(path: Path, required: list[str], optional: list[str]) -> tuple[di
         columns = {c.strip(): frame[c].to_numpy(dtype=object) for c in frame.columns}
         return columns, np.arange(2, len(frame) + 2, dtype=np.int64), []
     rows, lines, structural = [], [], []
-    reader = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""))
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
     next(reader)
     for row in reader:
         if len(row) == len(header):
