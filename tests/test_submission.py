@@ -80,6 +80,7 @@ def test_strict_read_names_file_and_line(tmp_path, cell, message):
     with pytest.raises(SubmissionError, match=message) as err:
         read_submission(path)
     assert str(err.value).startswith(f"{path}: line 3: ")
+    assert str(err.value).endswith("(1 bad row(s) in all; --lenient drops and counts them)")
 
 
 def test_strict_read_structure_errors(tmp_path):
@@ -152,8 +153,9 @@ def test_read_solution(tmp_path):
     assert sol["usage"].tolist() == ["Public", "Private", "Ignored"]
     no_usage = read_solution(write(tmp_path / "plain.csv", f"id,landmarks\n{hid('a')},4\n"))
     assert no_usage["usage"].tolist() == [""]
-    with pytest.raises(SubmissionError, match=r"bad.csv: line 3: Usage 'public' is not one of"):
+    with pytest.raises(SubmissionError, match=r"bad.csv: line 3: Usage 'public' is not one of") as err:
         read_solution(write(tmp_path / "bad.csv", f"id,landmarks,Usage\n{hid('a')},4,Public\n{hid('b')},,public\n"))
+    assert "--lenient" not in str(err.value)  # a solution has no lenient mode
     with pytest.raises(SubmissionError, match=r"neg.csv: line 2: landmarks '-4' must be landmark ids"):
         read_solution(write(tmp_path / "neg.csv", f"id,landmarks\n{hid('a')},-4\n"))
     with pytest.raises(SubmissionError, match="no rows"):

@@ -103,7 +103,7 @@ class GroundTruth:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
+    @functools.cached_property
     def has_landmark(self) -> np.ndarray:
         """Boolean per image: does it show at least one landmark?"""
         mask = np.zeros(len(self.ids), dtype=bool)

@@ -102,16 +102,19 @@ def _failures(checks: list[Check], n: int) -> tuple[np.ndarray, list[str]]:
 
 
 def _settle(path: Path, lines: np.ndarray, bad: np.ndarray, messages: list[str], structural: list,
-            lenient: bool, dropped: list[str] | None) -> np.ndarray:
-    """Raise on the first bad row (strict), or record every bad row and return the mask of rows to keep."""
+            lenient: bool | None, dropped: list[str] | None) -> np.ndarray:
+    """Raise on the first bad row (strict), or record every bad row and return the mask of rows to keep.
+
+    ``lenient=None``: strict, for files that have no lenient mode (the error then does not suggest one).
+    """
     problems = sorted(structural + list(zip(lines[bad].tolist(), messages, strict=True)))
     keep = np.ones(len(lines), dtype=bool)
     if not problems:
         return keep
     if not lenient:
         line, reason = problems[0]
-        raise SubmissionError(f"{path}: line {line}: {reason} ({len(problems)} bad row(s) in all; "
-                              f"--lenient drops and counts them)")
+        hint = "; --lenient drops and counts them" if lenient is not None else ""
+        raise SubmissionError(f"{path}: line {line}: {reason} ({len(problems)} bad row(s) in all{hint})")
     if dropped is not None:
         dropped.extend(f"{path}: line {line}: {reason}" for line, reason in problems)
     warnings.warn(f"{path}: dropped {len(problems)} bad row(s)", stacklevel=3)
@@ -233,7 +236,7 @@ def read_solution(path: str | os.PathLike) -> pd.DataFrame:
         (np.zeros(len(ids), bool) if not has_usage else ~pd.Series(usage).isin(USAGES).to_numpy(),
          lambda i: f"Usage {usage[i]!r} is not one of {', '.join(USAGES)}"),
     ], len(ids))
-    _settle(path, lines, bad, messages, structural, lenient=False, dropped=None)
+    _settle(path, lines, bad, messages, structural, lenient=None, dropped=None)
     if len(ids) == 0:
         raise SubmissionError(f"{path}: the solution has a header but no rows")
     landmarks = pd.Series([tuple(map(int, ts)) for ts in tokens], dtype=object)
