@@ -67,14 +67,18 @@ def _tasks(groups: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndar
     return tasks + ([cur] if cur else [])
 
 
-def _usable_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows whose embedding is finite and non-zero (cosine is undefined for a zero vector)."""
-    ok = np.empty(len(rows), dtype=bool)
-    for s in range(0, len(rows), FINITE_CHUNK):
-        block = np.asarray(matrix[np.sort(rows[s:s + FINITE_CHUNK])], dtype=np.float32)
-        good = np.isfinite(block).all(axis=1) & (np.abs(block).max(axis=1) > 0)
-        order = np.argsort(rows[s:s + FINITE_CHUNK])
-        ok[s + order] = good
+def _usable_store_rows(store_path: Path, count: int) -> np.ndarray:
+    """Per store row: is the embedding finite and non-zero (cosine is undefined for a zero vector)?
+
+    Read sequentially through a short-lived memory map per chunk, so the pages
+    read do not stay resident in this process while the workers cluster.
+    """
+    ok = np.empty(count, dtype=bool)
+    for s in range(0, count, FINITE_CHUNK):
+        matrix = np.load(Path(store_path) / MATRIX, mmap_mode="r")
+        block = np.asarray(matrix[s:s + FINITE_CHUNK], dtype=np.float32)
+        del matrix
+        ok[s:s + len(block)] = np.isfinite(block).all(axis=1) & (np.abs(block).max(axis=1) > 0)
     return ok
 
 
@@ -112,7 +116,7 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
         rows = store.rows_for(frame["id"].to_numpy())
     except StoreError as exc:
         raise StoreError(f"{exc} [data: {index.source}]") from None
-    usable = _usable_rows(store.matrix, rows)
+    usable = _usable_store_rows(store.path, len(store))[rows]
 
     groups, too_small = [], []
     lids = frame["landmark_id"].to_numpy()

@@ -8,7 +8,7 @@ n x n indices (10,000 images: ~100M entries, ~0.8 GB, plus the distance chunk).
 pass 1 counts neighbours (core points), pass 2 merges core points that are
 within eps into components, keeping only a spanning forest between blocks,
 pass 3 attaches each border point to its nearest core point. Peak memory is
-one ``block x n`` distance block plus O(n). With the poster's
+one ``block x n`` distance block (4M entries) and its edges, plus O(n). With the poster's
 ``min_samples=2`` every point that has a neighbour is a core point, so there
 are no border points and the two implementations agree exactly; with larger
 ``min_samples`` a border point reachable from two clusters may be attached
@@ -29,8 +29,9 @@ from sklearn.cluster import DBSCAN
 METRICS = ("cosine", "euclidean")
 # Above this many images a class is clustered block by block (see module docstring).
 SKLEARN_MAX = 2500
-# float32 entries in one distance block: 16M entries = 64 MB.
-BLOCK_ENTRIES = 16 * 1024 * 1024
+# Entries in one distance block: 4M = 16 MB of float32; building the block's sparse graph
+# costs up to ~24 bytes per edge more, so a block peaks near 100 MB whatever the class size.
+BLOCK_ENTRIES = 4 * 1024 * 1024
 # Auto eps stays within this factor of the fixed eps, and small classes keep the fixed eps:
 # a k-distance curve over a handful of points has no meaningful knee.
 AUTO_EPS_RANGE = (0.5, 2.0)
