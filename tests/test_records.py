@@ -41,6 +41,33 @@ def test_plain_protobuf_sees_delf_keys():
     assert f["image/class/landmark_id"].int64_list.value[0] == 20409
 
 
+def _reference(image_bytes, image_id, label, landmark_id, height, width, channels=3):
+    """The same record built by the protobuf library itself."""
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    ident = image_id.encode()
+    feature = {"image/encoded": b(image_bytes), "image/id": b(ident), "image/filename": b(ident),
+               "image/class/label": i(label), "image/class/landmark_id": i(landmark_id), "image/height": i(height),
+               "image/width": i(width), "image/channels": i(channels), "image/format": b(b"JPEG"),
+               "image/colorspace": b(b"RGB")}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("label,landmark_id,size", [(0, 0, 0), (3, 20409, 1), (81312, 203093, 127), (-1, -1, 128),
+                                                    (2**40, 2**62, 300), (1, 1, 200_000)])
+def test_encoder_matches_protobuf_library_byte_for_byte(label, landmark_id, size):
+    image = bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8))
+    args = dict(image_bytes=image, image_id="fedcba9876543210", label=label, landmark_id=landmark_id,
+                height=size, width=size + 1)
+    ours = records.encode_example(**args)
+    assert ours == _reference(**args)
+    assert tf.train.Example.FromString(ours).features.feature["image/encoded"].bytes_list.value[0] == image
+
+
 def test_encoding_is_deterministic_and_value_sensitive():
     assert _example() == _example()
     assert _example() != _example(label=4)
