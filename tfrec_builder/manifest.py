@@ -42,15 +42,21 @@ def dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary name beside ``path``, fsync, then rename: readers see all or nothing."""
+def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    """Write to a temporary name beside ``path`` and rename: readers see all or nothing.
+
+    ``durable`` also fsyncs first, so the file survives a power cut, not only a
+    killed process; per-shard state skips it (a lost state only means that shard
+    is written again).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
 

@@ -2,9 +2,10 @@
 
 Outliers from ``clean/outliers.csv`` are left out, each class is split into
 train/validation, and every image is copied (a baseline RGB JPEG that fits) or
-converted to one (``tfrec_builder.images``). Worker processes write whole
-shards: each goes to ``.build/tmp`` and is renamed into place only once it is
-complete and its state is saved, so a killed build never leaves a partial shard
+converted to one (``tfrec_builder.images``). Worker processes prepare the
+records; this process writes them, shard by shard in plan order, to
+``.build/tmp`` and renames a shard into place only once it is complete and its
+state is saved, so a killed build never leaves a partial shard
 under its final name, and rerunning the same command skips finished shards and
 ends byte-identical to an uninterrupted build (shards, ``label_map.csv``,
 ``manifest.json`` and ``dataset-metadata.json``; run times go to
@@ -19,60 +20,103 @@ import json
 import multiprocessing as mp
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
 from landmark_kaggle import gld
 from landmark_kaggle.clibase import UserError
-from landmark_kaggle.records import SPLITS
+from landmark_kaggle.records import SPLITS, encode_example
 from tfrec_builder import manifest as mf
-from tfrec_builder.plan import Plan, make_plan
+from tfrec_builder.images import ImageError, prepare_file
+from tfrec_builder.plan import Plan, ShardPlan, make_plan
 
 
-def _write_shard(task: tuple) -> dict:
-    """Write one planned shard; runs in a worker process. Bad images are recorded, never raised."""
+def _prepare_record(row: tuple, image_size: int, quality: int) -> tuple[str, bytes | str]:
+    """``("copied"|"resized"|"converted", record bytes)`` or ``("failed", reason)``; runs in a worker process.
+
+    Workers never import TensorFlow (records.encode_example does not need it), so they start in a second.
+    """
+    image_id, landmark_id, label, path = row
+    try:
+        p = prepare_file(path, image_size, quality)
+    except ImageError as exc:
+        return "failed", str(exc)
+    except Exception as exc:  # one bad image must never stop the job
+        return "failed", f"unexpected {type(exc).__name__}: {exc}"[:300]
+    return p.action, encode_example(image_bytes=p.data, image_id=image_id, label=int(label),
+                                    landmark_id=int(landmark_id), height=p.height, width=p.width)
+
+
+def _rows(shard: ShardPlan) -> list[tuple]:
+    return list(shard.frame[["id", "landmark_id", "label", "path"]].itertuples(index=False, name=None))
+
+
+def _write_shard(out: Path, fingerprint: str, shard: ShardPlan, rows: list[tuple], results: Iterable) -> dict:
+    """Write one planned shard from its prepared records, in plan order; failures are recorded, never raised."""
     import tensorflow as tf
 
-    from landmark_kaggle.records import encode_example
-    from tfrec_builder.images import ImageError, prepare_file
-
-    out_dir, fingerprint, name, split, index, total, rows, image_size, quality = task
-    out = Path(out_dir)
-    tmp = mf.build_dir(out) / "tmp" / f"{name}.{os.getpid()}.tmp"
+    tmp = mf.build_dir(out) / "tmp" / f"{shard.name}.{os.getpid()}.tmp"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     failed, actions, landmarks = [], Counter(), set()
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for image_id, landmark_id, label, path in rows:
-            try:
-                p = prepare_file(path, image_size, quality)
-            except ImageError as exc:
-                failed.append({"id": image_id, "landmark_id": int(landmark_id), "reason": str(exc)})
+        for (image_id, landmark_id, _, _), (action, payload) in zip(rows, results, strict=True):
+            if action == "failed":
+                failed.append({"id": image_id, "landmark_id": int(landmark_id), "reason": payload})
                 continue
-            except Exception as exc:  # one bad image must never stop the job
-                failed.append({"id": image_id, "landmark_id": int(landmark_id),
-                               "reason": f"unexpected {type(exc).__name__}: {exc}"[:300]})
-                continue
-            writer.write(encode_example(image_bytes=p.data, image_id=image_id, label=int(label),
-                                        landmark_id=int(landmark_id), height=p.height, width=p.width))
-            actions[p.action] += 1
+            writer.write(payload)
+            actions[action] += 1
             landmarks.add(int(landmark_id))
-    state = {"file": name, "split": split, "index": index, "total": total, "plan": fingerprint,
-             "planned": len(rows), "count": len(rows) - len(failed), "bytes": tmp.stat().st_size,
-             "sha256": mf.sha256_file(tmp), "failed": failed, "actions": dict(sorted(actions.items())),
-             "landmarks": sorted(landmarks)}
+    state = {"file": shard.name, "split": shard.split, "index": shard.index, "total": shard.total,
+             "plan": fingerprint, "planned": len(rows), "count": len(rows) - len(failed),
+             "bytes": tmp.stat().st_size, "sha256": mf.sha256_file(tmp), "failed": failed,
+             "actions": dict(sorted(actions.items())), "landmarks": sorted(landmarks)}
     # State first, shard second: a shard under its final name always has its state.
-    mf.write_atomic(mf.state_path(out, name), mf.dumps(state))
-    os.replace(tmp, out / name)
+    mf.write_atomic(mf.state_path(out, shard.name), mf.dumps(state), durable=False)
+    os.replace(tmp, out / shard.name)
     return state
+
+
+def _run_shards(out: Path, fingerprint: str, todo: list[ShardPlan], prepare, workers: int, bar) -> Iterator[dict]:
+    if workers == 1:
+        for shard in todo:
+            rows = _rows(shard)
+            yield _write_shard(out, fingerprint, shard, rows, map(prepare, rows))
+            bar.update(len(rows))
+        return
+    # Processes, not threads: decoding and re-encoding hold the GIL. Spawned, because forking a
+    # parent that may have imported TensorFlow is unsafe. The next shards' images are prepared
+    # while this one is written, but no further ahead, so memory stays at a few shards.
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pending: deque = deque()
+        queue = iter(todo)
+
+        def submit() -> None:
+            shard = next(queue, None)
+            if shard is not None:
+                rows = _rows(shard)
+                pending.append((shard, rows, pool.imap(prepare, rows, chunksize=max(1, min(16, len(rows) // 64)))))
+
+        for _ in range(2):
+            submit()
+        while pending:
+            shard, rows, results = pending.popleft()
+            submit()
+            yield _write_shard(out, fingerprint, shard, rows, results)
+            bar.update(len(rows))
 
 
 def _finished_state(out: Path, name: str, fingerprint: str) -> dict | None:
     shard, state_file = out / name, mf.state_path(out, name)
     if not (shard.is_file() and state_file.is_file()):
         return None
-    state = mf.read_json(state_file)
+    try:
+        state = mf.read_json(state_file)
+    except ValueError:  # cut short by a power loss (states are not fsynced): write the shard again
+        return None
     if state.get("plan") != fingerprint or state.get("bytes") != shard.stat().st_size:
         return None
     return state
@@ -133,25 +177,13 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
     mine = [s for k, s in enumerate(plan.shards) if k % num_workers == worker_index]
     states = {s.name: st for s in mine if (st := _finished_state(out, s.name, plan.fingerprint))}
     todo = [s for s in mine if s.name not in states]
-    tasks = [(str(out), plan.fingerprint, s.name, s.split, s.index, s.total,
-              list(s.frame[["id", "landmark_id", "label", "path"]].itertuples(index=False, name=None)),
-              image_size, quality) for s in todo]
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(tasks) or 1))
+    workers = max(1, workers or len(os.sched_getaffinity(0)))
+    prepare = partial(_prepare_record, image_size=image_size, quality=quality)
     bar = tqdm(total=sum(len(s.frame) for s in mine), initial=sum(st["planned"] for st in states.values()),
                unit="img", desc="write", disable=not progress)
     try:
-        if workers == 1:
-            results = map(_write_shard, tasks)
-            for st in results:
-                states[st["file"]] = st
-                bar.update(st["planned"])
-        else:
-            # Processes, not threads: decoding and re-encoding hold the GIL. Spawned, because
-            # forking a parent that may have imported TensorFlow is unsafe.
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for st in pool.imap_unordered(_write_shard, tasks):
-                    states[st["file"]] = st
-                    bar.update(st["planned"])
+        for st in _run_shards(out, plan.fingerprint, todo, prepare, workers if todo else 1, bar):
+            states[st["file"]] = st
     finally:
         bar.close()
     lm_ids = plan.label_map["landmark_id"].astype(int).tolist()
@@ -170,7 +202,7 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
             # The workers shared this folder and this one finished last: join them now.
             result = merge_parts([out], out) | {"joined": True}
     log = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 3),
-           "shards_written": len(tasks), "shards_skipped": len(mine) - len(tasks), "workers": workers,
+           "shards_written": len(todo), "shards_skipped": len(mine) - len(todo), "workers": workers,
            "worker_index": worker_index, "num_workers": num_workers}
     with open(mf.build_dir(out) / "runs.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(log) + "\n")
