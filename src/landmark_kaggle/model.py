@@ -132,7 +132,7 @@ def embedding_model(model: keras.Model) -> keras.Model:
 
 def inference_copy(model: keras.Model) -> keras.Model:
     """The same network and weights without optimizer or loss: a model folder is for inference."""
-    if model.optimizer is None:
+    if getattr(model, "optimizer", None) is None:
         return model
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())

@@ -1,0 +1,298 @@
+"""The training loop: shards → model folder, with checkpoints, exact resume, a time budget, history and plots.
+
+One Keras ``fit`` call per epoch, each over that epoch's own data stream
+(``pipeline.build_dataset`` keyed by seed and epoch), so resuming at epoch e,
+step k only skips k batches of epoch e. A checkpoint (weights + AdamW state +
+position + the epoch's running metrics so far) is written at every epoch end
+and every ``train.checkpoint_every_steps`` steps; ``resume=True`` continues
+from it with the same epoch, step, optimizer state and learning rate (the
+schedule is a function of the optimizer's step count). The partial epoch's
+metrics are joined with the resumed part's, weighted by steps, so the history
+reads as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import pandas as pd
+from tqdm.auto import tqdm
+
+from landmark_kaggle import pipeline
+from landmark_kaggle.clibase import UserError
+from landmark_kaggle.config import Config
+from landmark_kaggle.distribute import Runtime, global_batch, setup_runtime
+from landmark_kaggle.model import TOP_K, build_model, save_model_dir
+from landmark_kaggle.plots import plot_history
+from landmark_kaggle.schedule import schedule_from_config
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
+# Settings that may change between a run and its resumption; any other change makes the checkpoint invalid.
+RESUMABLE_CHANGES = {"train.epochs", "train.time_budget", "train.checkpoint_every_steps"}
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the ``crash_after_steps`` test hook: the process 'dies' with only its checkpoints left."""
+
+
+def parse_duration(text) -> float | None:
+    """``"8h30m"``, ``"90m"``, ``"45s"``, ``"1h"`` or plain seconds → seconds; empty → None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int | float):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
+    if not s or not m or not any(m.groups()):
+        raise UserError(f"time budget {text!r}: write it like 8h30m, 90m, 45s or a number of seconds")
+    h, mi, se = (float(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + se
+
+
+def _flat(cfg: Config) -> dict:
+    return {f"{sec}.{k}": v for sec, vals in cfg.to_dict().items() for k, v in vals.items()}
+
+
+def _check_same_run(state: dict, cfg: Config, num_classes: int, ckpt: Path) -> None:
+    old, new = state["config"], _flat(cfg)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed or state["num_classes"] != num_classes:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed) or \
+            f"num_classes {state['num_classes']} -> {num_classes}"
+        raise UserError(f"{ckpt}: the checkpoint was made with other settings ({what}); "
+                        "resume with the same config or train into a new --out")
+
+
+class _Watch(keras.callbacks.Callback):
+    """Counts steps, checkpoints every N steps, enforces the time budget, drives the progress bar."""
+
+    def __init__(self, trainer: _Trainer):
+        super().__init__()
+        self.t = trainer
+
+    def on_train_batch_end(self, batch, logs=None):
+        t = self.t
+        t.step_in_epoch += 1
+        t.global_step += 1
+        t.last_logs = {k: float(v) for k, v in (logs or {}).items() if k in METRIC_COLUMNS}
+        now = time.monotonic()
+        t.slowest_step = max(t.slowest_step, now - t.last_step_end)
+        t.last_step_end = now
+        if t.bar is not None:
+            t.bar.update(1)
+            t.bar.set_postfix(epoch=t.epoch + 1, loss=f"{t.last_logs.get('loss', float('nan')):.3f}")
+        every = t.cfg.train.checkpoint_every_steps
+        if every and t.global_step % every == 0 and t.step_in_epoch < t.steps_per_epoch:
+            t.save_checkpoint(partial_logs=t.epoch_logs())
+        if t.crash_after_steps is not None and t.global_step >= t.crash_after_steps:
+            raise SimulatedCrash(f"simulated crash after step {t.global_step}")
+        if t.out_of_time():
+            self.model.stop_training = True
+            t.stopped = "time budget"
+
+
+class _Trainer:
+    def __init__(self, data_dir, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress):
+        self.data_dir, self.out, self.cfg, self.rt = str(data_dir), Path(out_dir), cfg, runtime
+        self.ckpt = self.out / CHECKPOINT_DIR
+        self.budget = parse_duration(time_budget if time_budget is not None else cfg.train.time_budget)
+        self.crash_after_steps = crash_after_steps
+        self.progress = progress
+        self.started = time.monotonic()
+        self.last_step_end = self.started
+        self.slowest_step = 0.0
+        self.reserve_extra = 0.0  # measured time of the last save + validation: what stopping needs
+        self.stopped = None
+        self.bar = None
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.history: list[dict] = []
+        self.partial: dict | None = None  # (steps, logs) of the epoch so far, from a mid-epoch checkpoint
+        self.last_logs: dict = {}
+
+    # -- time and checkpoints ---------------------------------------------------------------
+    def out_of_time(self) -> bool:
+        if self.budget is None:
+            return False
+        reserve = 3 * self.slowest_step + self.reserve_extra
+        return time.monotonic() - self.started + reserve >= self.budget
+
+    def epoch_logs(self) -> dict:
+        """Running metrics of the current epoch, joining a resumed epoch's earlier part by step count."""
+        done_now = self.step_in_epoch - (self.partial["steps"] if self.partial else 0)
+        if not self.partial or not self.partial["steps"]:
+            return dict(self.last_logs)
+        k, prev = self.partial["steps"], self.partial["logs"]
+        if done_now <= 0:
+            return dict(prev)
+        return {c: (prev[c] * k + self.last_logs[c] * done_now) / (k + done_now) for c in self.last_logs}
+
+    def save_checkpoint(self, partial_logs: dict | None) -> None:
+        if not self.rt.is_chief:
+            return
+        t0 = time.monotonic()
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        weights = f"state-{self.global_step:09d}.weights.h5"
+        self.model.save_weights(self.ckpt / weights)  # model weights and the optimizer's state
+        state = {
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "weights": weights, "history": self.history,
+            "partial": {"steps": self.step_in_epoch, "logs": partial_logs} if self.step_in_epoch else None,
+            "config": _flat(self.cfg), "num_classes": self.num_classes, "steps_per_epoch": self.steps_per_epoch,
+        }
+        tmp = self.ckpt / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        os.replace(tmp, self.ckpt / STATE_FILE)  # the state names its weights file, so the pair is atomic
+        for old in self.ckpt.glob("state-*.weights.h5"):
+            if old.name != weights:
+                old.unlink()
+        self.reserve_extra = max(self.reserve_extra, time.monotonic() - t0)
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.ckpt / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: unreadable checkpoint state ({exc.msg}, line {exc.lineno})") from None
+
+    # -- outputs ------------------------------------------------------------------------------
+    def write_history(self) -> None:
+        if not self.rt.is_chief or not self.history:
+            return
+        frame = pd.DataFrame(self.history)
+        self.out.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(self.out / "history.csv", index=False)
+        plot_history(frame, self.schedule.by_epoch, self.cfg.train.epochs, self.out / "plots")
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, resume: bool) -> dict:
+        cfg = self.cfg
+        label_map = pipeline.read_data_label_map(self.data_dir)
+        self.num_classes = cfg.model.num_classes or len(label_map)
+        if self.num_classes != len(label_map):
+            raise UserError(f"model.num_classes = {cfg.model.num_classes} but {self.data_dir}/label_map.csv "
+                            f"has {len(label_map)} classes")
+        counts = label_map["count"].to_numpy()
+        batch, lr_factor = global_batch(cfg.train, self.rt.replicas)
+        n_train = pipeline.count_examples(self.data_dir, "train")
+        if n_train == 0:
+            raise UserError(f"{self.data_dir}: no training records")
+        has_val = pipeline.count_examples(self.data_dir, "validation") > 0
+        self.steps_per_epoch = cfg.train.steps_per_epoch or max(n_train // batch, 1)
+        state = self.load_checkpoint()
+        if state is not None and not resume:
+            raise UserError(f"{self.ckpt} holds a checkpoint of an earlier run: pass --resume to continue it, "
+                            "or train into a new --out")
+        if state is not None:
+            _check_same_run(state, cfg, self.num_classes, self.ckpt)
+            self.steps_per_epoch = state["steps_per_epoch"]
+        keras.utils.set_random_seed(cfg.train.seed)
+        with self.rt.strategy.scope():
+            self.model = build_model(cfg, self.num_classes, counts, steps_per_epoch=self.steps_per_epoch,
+                                     lr_factor=lr_factor)
+            if state is not None:
+                self.model.optimizer.build(self.model.trainable_variables)
+                self.model.load_weights(self.ckpt / state["weights"])
+                self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+                self.global_step, self.history, self.partial = state["global_step"], state["history"], state["partial"]
+        self.schedule = schedule_from_config(cfg.train, self.steps_per_epoch, lr_factor)
+        total = cfg.train.epochs * self.steps_per_epoch
+        if self.progress and self.rt.is_chief:
+            self.bar = tqdm(total=total, initial=min(self.global_step, total), unit="step", desc="train")
+        watch = _Watch(self)
+        try:
+            while self.epoch < cfg.train.epochs and not self.stopped:
+                self._one_epoch(watch, batch, has_val)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        if self.rt.is_chief:
+            save_model_dir(self.model, cfg, label_map, self.out,
+                           extra={"epochs_trained": self.epoch, "global_step": self.global_step,
+                                  "status": self.stopped or "complete", "replicas": self.rt.replicas,
+                                  "precision": self.rt.precision, "strategy": self.rt.kind})
+        self.write_history()
+        return self._summary(batch)
+
+    def _one_epoch(self, watch: _Watch, batch: int, has_val: bool) -> None:
+        cfg, e, start = self.cfg, self.epoch, self.step_in_epoch
+        t0 = time.monotonic()
+        ds = pipeline.build_dataset(self.data_dir, "train", cfg.data, batch, training=True,
+                                    seed=cfg.train.seed * 100_003 + e, start_step=start)
+        self.last_step_end = time.monotonic()
+        with warnings.catch_warnings():
+            # The stream is endless; Keras's "ran out of data" / "shuffle ignored" notes do not apply,
+            # and a real shortfall is caught below.
+            warnings.filterwarnings("ignore", message=".*(ran out of data|shuffle=True).*")
+            self.model.fit(ds, initial_epoch=e, epochs=e + 1, steps_per_epoch=self.steps_per_epoch - start,
+                           callbacks=[watch], verbose=0)
+        logs = self.epoch_logs()
+        if self.step_in_epoch < self.steps_per_epoch and not self.stopped:
+            raise UserError(f"{self.data_dir}: the training stream ended after {self.step_in_epoch} of "
+                            f"{self.steps_per_epoch} steps of epoch {e + 1}")
+        if self.step_in_epoch < self.steps_per_epoch:  # stopped by the time budget: keep the place
+            self.save_checkpoint(partial_logs=logs)
+            return
+        row = {"epoch": e + 1, "lr": float(self.schedule.by_epoch(e)), **logs}
+        t_val = time.monotonic()
+        if has_val:
+            val = pipeline.build_dataset(self.data_dir, "validation", cfg.data, batch, training=False)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ran out of data.*")  # a finite pass, as meant
+                res = self.model.evaluate(val, return_dict=True, verbose=0)
+            row.update({f"val_{k}": float(res[k]) for k in METRIC_COLUMNS if k in res})
+        row.update({"steps": self.steps_per_epoch, "seconds": round(time.monotonic() - t0, 3)})
+        self.history.append(row)
+        self.epoch, self.step_in_epoch, self.partial = e + 1, 0, None
+        self.save_checkpoint(partial_logs=None)
+        self.write_history()
+        self.reserve_extra = max(self.reserve_extra, time.monotonic() - t_val)
+        if self.out_of_time() and self.epoch < cfg.train.epochs:
+            self.stopped = "time budget"
+
+    def _summary(self, batch: int) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {
+            "status": self.stopped or "complete", "epochs_done": self.epoch, "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch, "global_batch": batch, "num_classes": self.num_classes,
+            "replicas": self.rt.replicas, "strategy": self.rt.kind, "precision": self.rt.precision,
+            "history": self.history, "model_dir": str(self.out),
+            "val_top1": last.get("val_top1", math.nan), "seconds": round(time.monotonic() - self.started, 1),
+        }
+
+
+def train_model(data_dir, out_dir, cfg: Config, *, resume: bool = False, time_budget=None,
+                runtime: Runtime | None = None, progress: bool = True, crash_after_steps: int | None = None) -> dict:
+    """Train on a shard folder into a model folder; returns a summary (status, epochs, history, …).
+
+    ``time_budget`` (``"8h30m"`` or seconds) overrides ``train.time_budget``;
+    ``runtime`` is a ready strategy + precision (default: from the config).
+    ``crash_after_steps`` is a test hook that raises ``SimulatedCrash``.
+    """
+    rt = runtime or setup_runtime(cfg.train.strategy, cfg.train.precision)
+    trainer = _Trainer(data_dir, out_dir, cfg, rt, time_budget=time_budget, crash_after_steps=crash_after_steps,
+                       progress=progress)
+    summary = trainer.run(resume)
+    if rt.is_chief and progress:
+        h = summary["history"][-1] if summary["history"] else {}
+        print(f"train: {summary['status']}, {summary['epochs_done']}/{cfg.train.epochs} epochs, "
+              f"{summary['global_step']} steps on {rt.replicas} replica(s) ({rt.kind}, {rt.precision}), "
+              f"loss {h.get('loss', float('nan')):.4f}, val top1 {summary['val_top1']:.4f}, "
+              f"{summary['seconds']:.0f} s → {out_dir}")
+    return summary
+
+
+def history_frame(out_dir) -> pd.DataFrame:
+    return pd.read_csv(Path(out_dir) / "history.csv")

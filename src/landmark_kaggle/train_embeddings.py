@@ -1,0 +1,134 @@
+"""Fit the poster's embedding-only model (Figure 6) on an embeddings store from `tfrec-builder embed`.
+
+Dense (+ BatchNorm, Dropout) → the same cosine classifier and ArcFace loss as
+the image model, trained on stored vectors instead of pixels, so it takes
+minutes where the image model takes hours. Labels come from the GLDv2 data
+folder's train.csv (or train_clean.csv); store rows without a label and
+labelled images without a stored vector are counted and reported, never
+dropped silently. A fixed fraction of images (by id hash) is held out for the
+top-k validation metrics. Writes MODEL_DIR with model.keras (input: one
+embedding vector), config.json, label_map.csv, history.csv and plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from landmark_kaggle.config import add_config_arguments, load_config
+
+DEFAULT_HIDDEN = 512
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embeddings", required=True, metavar="STORE", help="store written by `tfrec-builder embed`")
+    parser.add_argument("--data", required=True, metavar="GLD_DIR", help="GLDv2 folder with train.csv (the labels)")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model folder")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
+    add_config_arguments(parser)
+
+
+def _held_out(ids: np.ndarray, fraction: float) -> np.ndarray:
+    """A stable split: an image is held out by the hash of its id, whatever the row order."""
+    cut = int(fraction * 2**32)
+    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest(), "big") < cut for i in ids],
+                    dtype=bool)
+
+
+def build_embedding_model(cfg, input_dim: int, num_classes: int):
+    import keras
+
+    from landmark_kaggle.layers import CosineClassifier
+    from landmark_kaggle.model import EMBEDDING_LAYER, LOGITS_LAYER
+
+    m = cfg.model
+    hidden = m.embedding_dim or DEFAULT_HIDDEN
+    inputs = keras.Input((input_dim,), dtype="float32", name="embedding_in")
+    x = keras.layers.Dense(hidden, use_bias=False, name="neck")(inputs)
+    x = keras.layers.BatchNormalization(name="neck_bn")(x)
+    x = keras.layers.Dropout(m.dropout, name="dropout")(x)
+    x = keras.layers.Identity(name=EMBEDDING_LAYER)(x)
+    logits = CosineClassifier(num_classes, subcenters=m.subcenters, scale=m.scale, name=LOGITS_LAYER)(x)
+    return keras.Model(inputs, logits, name="landmark_embedding_arcface")
+
+
+def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: float = 0.05,
+                        progress: bool = True) -> dict:
+    """Train the Figure 6 model; returns a summary with counts, history and the model folder."""
+    import keras
+    import pandas as pd
+
+    from landmark_kaggle.clibase import UserError
+    from landmark_kaggle.embstore import open_store
+    from landmark_kaggle.gld import load_train_index
+    from landmark_kaggle.model import compile_model, save_model_dir
+    from landmark_kaggle.plots import plot_history
+    from landmark_kaggle.schedule import schedule_from_config
+
+    t0 = time.monotonic()
+    store = open_store(store_path)
+    index = load_train_index(data_dir)
+    frame = index.frame[["id", "label"]]
+    joined = pd.DataFrame({"id": store.ids, "row": np.arange(len(store))}).merge(frame, on="id", how="inner")
+    no_label = len(store) - len(joined)
+    no_vector = len(frame) - len(joined)
+    if joined.empty:
+        raise UserError(f"{store_path}: none of its {len(store)} ids is in {index.source}; "
+                        "was the store embedded from this data folder?")
+    joined = joined.sort_values("row").reset_index(drop=True)
+    x = np.asarray(store.matrix[joined["row"].to_numpy()], dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)  # images embed could not read are NaN rows
+    unreadable = int((~finite).sum())
+    x, joined = x[finite], joined[finite].reset_index(drop=True)
+    if joined.empty:
+        raise UserError(f"{store_path}: every labelled row is NaN (the images failed to embed)")
+    y = joined["label"].to_numpy(dtype=np.int64)
+    held = _held_out(joined["id"].to_numpy(), val_fraction) if val_fraction > 0 else np.zeros(len(y), bool)
+    if held.all():
+        held[:] = False
+    counts = index.label_map["count"].to_numpy()
+    batch = min(cfg.train.batch_size, int((~held).sum()))
+    steps = cfg.train.steps_per_epoch or max(int((~held).sum()) // batch, 1)
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = build_embedding_model(cfg, store.dim, index.num_classes)
+    compile_model(model, cfg, counts, steps_per_epoch=steps)
+    callbacks = [keras.callbacks.BackupAndRestore(str(Path(out_dir) / "checkpoint"))]
+    val = (x[held], y[held]) if held.any() else None
+    hist = model.fit(x[~held], y[~held], batch_size=batch, epochs=cfg.train.epochs, steps_per_epoch=steps,
+                     validation_data=val, callbacks=callbacks, verbose=2 if progress else 0, shuffle=True)
+    sched = schedule_from_config(cfg.train, steps)
+    history = pd.DataFrame(hist.history)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1) + cfg.train.epochs - len(history))
+    history.insert(1, "lr", sched.by_epoch(history["epoch"].to_numpy() - 1))
+    out = save_model_dir(model, cfg, index.label_map, out_dir,
+                         extra={"input": "embedding", "embedding_backend": store.meta.get("backend"),
+                                "embedding_dim": store.dim})
+    history.to_csv(out / "history.csv", index=False)
+    plot_history(history, sched.by_epoch, cfg.train.epochs, out / "plots")
+    summary = {"trained_on": int((~held).sum()), "validated_on": int(held.sum()), "store_rows_without_label": no_label,
+               "images_without_vector": no_vector, "unreadable_rows": unreadable,
+               "num_classes": index.num_classes, "epochs": len(history),
+               "history": history.to_dict("records"), "model_dir": str(out),
+               "seconds": round(time.monotonic() - t0, 1)}
+    if progress:
+        last = summary["history"][-1]
+        print(f"train-embeddings: {summary['trained_on']} train / {summary['validated_on']} validation vectors, "
+              f"skipped: {no_label} store rows without a label, {no_vector} labelled images without a vector, "
+              f"{unreadable} NaN rows; "
+              f"loss {last['loss']:.4f}, val top1 {last.get('val_top1', float('nan')):.4f}, "
+              f"{summary['seconds']:.0f} s → {out}")
+    return summary
+
+
+def run(args) -> int:
+    from landmark_kaggle.clibase import UserError
+
+    if not 0 <= args.val_fraction < 1:
+        raise UserError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
+    cfg = load_config(args.config, args.overrides)
+    train_on_embeddings(args.embeddings, args.data, args.out, cfg, val_fraction=args.val_fraction)
+    return 0

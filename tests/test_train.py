@@ -1,0 +1,164 @@
+"""The trainer end to end on tiny real-photo shards: loss falls, the model folder reloads exactly, resume is exact.
+
+The shared ``trained`` fixture is EfficientNetV2-S at 32 px (the poster's
+backbone). The resume and time-budget tests train five more times, so they use
+MobileNetV3Small through the same ``model.backbone`` field: five EfficientNetV2-S
+traces alone would take most of the CI budget on two cores.
+"""
+
+import json
+
+import keras
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from trainutil import make_shards
+
+from landmark_kaggle.clibase import UserError
+from landmark_kaggle.config import config_from_dict
+from landmark_kaggle.distribute import setup_runtime
+from landmark_kaggle.gld import read_label_map
+from landmark_kaggle.model import build_model, embedding_model, load_model_dir
+from landmark_kaggle.pipeline import build_dataset
+from landmark_kaggle.train import SimulatedCrash, parse_duration, train_model
+
+BASE = ["data.image_size=32", "train.warmup_epochs=0", "train.learning_rate=0.002", "model.dropout=0",
+        "train.batch_size=8", "train.strategy=cpu", "train.precision=float32", "data.deterministic=true",
+        "data.shuffle_buffer=64", "data.min_crop_area=0.7", "data.color_jitter=0.1", "train.decay_rate=0.9"]
+SMALL = [*BASE, "model.backbone=MobileNetV3Small", "train.epochs=3", "train.steps_per_epoch=3",
+         "train.checkpoint_every_steps=2"]
+COMPARED = ["epoch", "lr", "loss", "top1", "top10", "val_loss", "val_top1", "val_top10", "steps"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    cfg = config_from_dict({}, [*BASE, "train.epochs=6", "train.steps_per_epoch=4"])
+    out = tmp_path_factory.mktemp("v2s") / "model"
+    summary = train_model(str(shards), out, cfg, progress=False)
+    return cfg, out, summary
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_tiny_dataset(trained):
+    _, out, summary = trained
+    history = pd.read_csv(out / "history.csv")
+    assert summary["status"] == "complete" and summary["epochs_done"] == 6 and summary["global_step"] == 24
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert history["loss"].iloc[-2:].mean() < 0.8 * history["loss"].iloc[0]
+    assert history["top1"].iloc[-2:].mean() > history["top1"].iloc[0]
+
+
+@pytest.mark.slow
+def test_history_has_topk_columns_and_the_plots_are_pngs(trained):
+    cfg, out, _ = trained
+    history = pd.read_csv(out / "history.csv")
+    for prefix in ("", "val_"):
+        ks = history[[f"{prefix}top{k}" for k in (1, 10, 100, 1000)]].to_numpy()
+        assert np.all(np.diff(ks, axis=1) >= 0)  # top-k accuracy never falls as k grows
+        assert np.all(ks[:, 1:] == 1.0)  # 4 classes: any k >= 4 always hits
+    np.testing.assert_allclose(history["lr"], 0.002 * 0.9 ** np.arange(6) * (1 - 1e-6 / 0.002) + 1e-6, rtol=1e-6)
+    for name in ("lr", "loss", "topk"):
+        image = mpimg.imread(out / "plots" / f"{name}.png")
+        assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+
+
+@pytest.mark.slow
+def test_saved_model_reloads_without_custom_objects_and_gives_identical_logits(trained, shards):
+    cfg, out, _ = trained
+    bundle = load_model_dir(out)
+    assert bundle.config == cfg and getattr(bundle.model, "optimizer", None) is None
+    assert bundle.label_map.equals(read_label_map(shards / "label_map.csv"))
+    assert json.loads((out / "config.json").read_text())["num_classes"] == 4
+    # The in-training model, rebuilt from its last checkpoint (weights + AdamW state), vs the saved folder.
+    live = build_model(cfg, 4, steps_per_epoch=4)
+    live.optimizer.build(live.trainable_variables)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    live.load_weights(out / "checkpoint" / state["weights"])
+    assert int(live.optimizer.iterations.numpy()) == 24
+    images, _ = next(iter(build_dataset(str(shards), "validation", cfg.data, 8, training=False)))
+    logits = bundle.model.predict(images, verbose=0)
+    assert logits.dtype == np.float32 and logits.shape == (len(images), 4)
+    np.testing.assert_array_equal(logits, live.predict(images, verbose=0))
+    emb = embedding_model(bundle.model).predict(images, verbose=0)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert bundle.model.get_layer("embedding").output.shape[-1] == emb.shape[-1]
+
+
+def _history(out):
+    return pd.read_csv(out / "history.csv")[COMPARED]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain") / "model"
+    train_model(str(shards), out, config_from_dict({}, SMALL), progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_kill_and_resume_reproduces_the_uninterrupted_history(shards, uninterrupted, tmp_path):
+    cfg = config_from_dict({}, SMALL)
+    out = tmp_path / "model"
+    # Dies at global step 5 (epoch 2, step 2); the last checkpoint is step 4 (epoch 2, step 1).
+    with pytest.raises(SimulatedCrash):
+        train_model(str(shards), out, cfg, progress=False, crash_after_steps=5)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
+    with pytest.raises(UserError, match="--resume"):
+        train_model(str(shards), out, cfg, progress=False)
+    changed = config_from_dict({}, [*SMALL, "train.learning_rate=0.01"])
+    with pytest.raises(UserError, match="train.learning_rate"):
+        train_model(str(shards), out, changed, progress=False, resume=True)
+    summary = train_model(str(shards), out, cfg, progress=False, resume=True)
+    assert summary["status"] == "complete" and summary["global_step"] == 9
+    pd.testing.assert_frame_equal(_history(out), _history(uninterrupted), rtol=1e-4)
+    a, b = load_model_dir(out).model, load_model_dir(uninterrupted).model
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_time_budget_stops_cleanly_saves_and_resume_finishes_the_same_run(shards, uninterrupted, tmp_path):
+    cfg = config_from_dict({}, SMALL)
+    out = tmp_path / "model"
+    first = train_model(str(shards), out, cfg, progress=False, time_budget="1s")
+    assert first["status"] == "time budget" and 1 <= first["global_step"] < 9
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["status"] == "time budget" and saved["global_step"] == first["global_step"]
+    assert load_model_dir(out).model.output_shape == (None, 4)  # a usable model folder already
+    summary = train_model(str(shards), out, cfg, progress=False, resume=True)
+    assert summary["status"] == "complete"
+    pd.testing.assert_frame_equal(_history(out), _history(uninterrupted), rtol=1e-4)
+
+
+def test_parse_duration():
+    assert parse_duration("8h30m") == 8 * 3600 + 30 * 60
+    assert parse_duration("90m") == 5400 and parse_duration("45s") == 45 and parse_duration("120") == 120
+    assert parse_duration("") is None
+    with pytest.raises(UserError, match="8h30m"):
+        parse_duration("8 hours")
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_on_cpu_trains_and_logits_are_float32(shards, tmp_path):
+    cfg = config_from_dict({}, [*SMALL, "train.precision=mixed_bfloat16", "train.epochs=1",
+                                "train.checkpoint_every_steps=0"])
+    try:
+        rt = setup_runtime("cpu", "mixed_bfloat16")
+        summary = train_model(str(shards), tmp_path / "model", cfg, runtime=rt, progress=False)
+        assert summary["precision"] == "mixed_bfloat16" and np.isfinite(summary["history"][0]["loss"])
+        model = load_model_dir(tmp_path / "model").model
+        assert model.get_layer("logits").compute_dtype == "float32"
+        conv = next(la for la in model.layers[1].layers if isinstance(la, keras.layers.Conv2D))
+        assert conv.compute_dtype == "bfloat16"
+        images, _ = next(iter(build_dataset(str(shards), "validation", cfg.data, 4, training=False)))
+        logits = model.predict(images, verbose=0)
+        assert logits.dtype == np.float32 and np.all(np.isfinite(logits)) and np.all(np.abs(logits) <= 30.0 + 1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
