@@ -13,6 +13,8 @@ from landmark_kaggle.clibase import main_for
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("landmark_kaggle.sample", "write the embedded sample dataset in GLDv2 layout"),
     "stats": ("landmark_kaggle.stats", "class-size buckets (poster Table 2) and the images-per-landmark histogram"),
+    "train": ("landmark_kaggle.traincli", "train EfficientNetV2-S + ArcFace on TFRecord shards into a model folder"),
+    "train-embeddings": ("landmark_kaggle.train_embeddings", "fit cosine classifier + ArcFace on an embeddings store"),
     "subset": ("landmark_kaggle.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
     "score": ("landmark_kaggle.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),
 }
