@@ -44,7 +44,8 @@ DIM = 512
 
 def class_sizes(scale: float, max_class: int, rng: np.random.Generator) -> np.ndarray:
     sizes = []
-    for lo, hi, count in TABLE2:
+    # The bounded buckets first: the open K > 20 bucket takes the images left to reach GLDv2's total.
+    for lo, hi, count in TABLE2[::-1]:
         n = max(1, round(count * scale))
         if hi is not None:
             sizes.append(rng.integers(lo, hi + 1, size=n))
