@@ -249,8 +249,11 @@ def run(args: argparse.Namespace) -> int:
                       metric=args.metric, min_class_size=args.min_class_size, sheets=args.sheets,
                       jobs=args.jobs or None, seed=args.seed)
     noise = r["noise"]
-    tail = (f"; vs noise.csv precision {noise['precision']:.2f} recall {noise['recall']:.2f}"
-            if noise and noise["precision"] is not None and noise["recall"] is not None else "")
+    tail = ""
+    if noise:
+        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        tail = (f"; noise.csv: {noise['removed_and_listed']} of {noise['listed']} listed ids removed "
+                f"(precision {fmt(noise['precision'])}, recall {fmt(noise['recall'])})")
     print(f"clean: removed {r['images']['removed']} of {r['images']['in']} images from {r['classes']['touched']} "
           f"of {r['classes']['in']} classes ({r['images']['unembedded_kept']} unembedded kept) "
           f"in {r['seconds']:.1f}s -> {args.out}{tail}")

@@ -104,6 +104,9 @@ def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str |
     pending = writer.pending()
     if not pending:
         verify_rows(writer, backend, paths=index.frame["path"].to_numpy(), batch_size=batch_size)
+        if progress:
+            print(f"embed: {out_store} is already complete ({len(writer.ids)} images, {backend.name}); "
+                  "its probe and first rows match this backend")
     todo = pending[:max_chunks] if max_chunks is not None else pending
     paths = index.frame["path"].to_numpy()
     ids = index.frame["id"].to_numpy()
@@ -126,7 +129,7 @@ def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str |
     left = len(writer.pending())
     if left == 0:
         writer.finalize()
-    if progress:
+    if progress and todo:
         state = "complete" if left == 0 else f"{left} chunk(s) left; rerun to resume"
         print(f"embed: {sum(writer.chunk_rows(k).stop - writer.chunk_rows(k).start for k in todo)} images "
               f"({failed_total} unreadable) with {backend.name} (dim {backend.dim}) in {time.time() - start:.1f}s "
