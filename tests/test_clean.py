@@ -164,3 +164,15 @@ def test_clean_on_the_sample_finds_the_planted_noise_and_draws_sheets(tmp_path):
     sheets = sorted((tmp_path / "out" / "sheets").glob("*.png"))
     assert len(sheets) == report["classes"]["touched"] and sheets
     assert sheets[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_class_with_no_usable_embedding_is_reported_and_extra_store_ids_are_counted(tmp_path):
+    rows = [(f"{i:016x}", 1 if i < 4 else 2) for i in range(6)]
+    vecs = [_unit(0, 0.05, i) for i in range(4)] + [np.full(DIM, np.nan)] * 2
+    extra = [f"{99:016x}"]
+    data, store = _write(tmp_path, rows, vecs + [_unit(3)], store_ids=[r[0] for r in rows] + extra)
+    report = clean_dataset(store, data, tmp_path / "out", sheets=0, jobs=1, progress=False)
+    classes = pd.read_csv(tmp_path / "out" / "classes.csv").set_index("landmark_id")
+    assert classes.loc[2, ["images", "clustered", "kept", "status"]].tolist() == [2, 0, 2, "too_small"]
+    assert report["classes"]["in"] == 2 and report["images"]["unembedded_kept"] == 2
+    assert report["store_ids_not_in_data"] == 1 and report["images"]["removed"] == 0

@@ -123,10 +123,8 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
     order = np.argsort(lids, kind="stable")
     bounds = np.flatnonzero(np.diff(lids[order])) + 1
     for members in np.split(order, bounds):
-        members = members[usable[members]]
-        if len(members) == 0:
-            continue
         lid = int(lids[members[0]])
+        members = members[usable[members]]
         if len(members) < min_class_size:
             too_small.append(lid)
         else:
