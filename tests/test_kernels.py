@@ -1,0 +1,70 @@
+"""The submission kernel, run for real: a Kaggle-like input tree, the bundled wheel, a tiny trained model.
+
+``kernels/submission.py`` is executed as Kaggle would run it (cwd = the working
+root), with the input and working roots moved under tmp by the environment
+variables ``landmark_kaggle.paths`` reads. It must install the package from the
+wheel dataset (not use this checkout) and leave a submission that ``score`` accepts.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_predict import inference_world, score_json
+
+from landmark_kaggle import kernels
+from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
+
+
+def test_submission_metadata_is_the_offline_competition_kernel():
+    meta = json.loads((REPO / "kernel-metadata.json").read_text())
+    assert meta["code_file"] == "kernels/submission.py" and (REPO / meta["code_file"]).is_file()
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["competition_sources"] == [COMPETITION]
+    assert {s.split("/")[1] for s in meta["dataset_sources"]} >= {kernels.WHEEL_DATASET, kernels.MODEL_DATASET}
+    for name in ("train", "build"):
+        sub = json.loads((REPO / kernels.KERNEL_TEMPLATES[name]).read_text())
+        assert "enable_internet" in sub
+        assert (REPO / kernels.KERNEL_TEMPLATES[name]).parent.joinpath(sub["code_file"]).is_file()
+    assert json.loads((REPO / kernels.KERNEL_TEMPLATES["train"]).read_text())["enable_tpu"] is True
+
+
+@pytest.mark.slow
+def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
+    inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
+    comp = inp / COMPETITION
+    shutil.copytree(world["root"] / "test", comp / "test")
+    shutil.copy2(world["root"] / "sample_submission.csv", comp / "sample_submission.csv")
+    kernels.bundle(inp, "alice", model_dir=world["model"], index_dir=world["index"])
+    working.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
+    proc = subprocess.run([sys.executable, str(REPO / "kernels" / "submission.py")], cwd=working, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The package came from the wheel, installed into the launcher's private folder.
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("predict --kaggle: package "))
+    package = line.split("package ", 1)[1].split(",", 1)[0]
+    assert "landmark_kaggle_" in package and not package.startswith(str(REPO))
+    assert f"index {inp / kernels.INDEX_DATASET}" in line
+    assert "retrieval on" in proc.stdout
+    sub_path = working / "submission.csv"
+    from landmark_kaggle.submission import read_submission, validate_submission
+
+    ids = pd.read_csv(comp / "sample_submission.csv", dtype=str)["id"].tolist()
+    validate_submission(read_submission(sub_path), ids, source=sub_path)
+    result = score_json(world["root"] / "solution.csv", sub_path)
+    assert 0.0 <= result["gap"] <= 1.0 and result["n_images"] == len(ids)
+    assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
