@@ -113,10 +113,18 @@ def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str |
     start, failed_total = time.time(), 0
     bar = tqdm(total=sum(writer.chunk_rows(k).stop - writer.chunk_rows(k).start for k in todo), unit="img",
                desc=f"embed {backend.name}", disable=not progress)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for k in todo:
+    # Chunk k+1 is decoded (by `workers` threads, driven from a separate thread so the two
+    # pools cannot starve each other) while chunk k is on the network.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as reader:
+        def decode(k: int) -> list:
+            return list(pool.map(read_image, paths[writer.chunk_rows(k)]))
+
+        ahead = reader.submit(decode, todo[0]) if todo else None
+        for n, k in enumerate(todo):
             sl = writer.chunk_rows(k)
-            decoded = list(pool.map(read_image, paths[sl]))
+            decoded = ahead.result()
+            if n + 1 < len(todo):
+                ahead = reader.submit(decode, todo[n + 1])
             good = [i for i, (im, _) in enumerate(decoded) if im is not None]
             failed = [(str(ids[sl.start + i]), why) for i, (im, why) in enumerate(decoded) if im is None]
             rows = np.full((sl.stop - sl.start, backend.dim), np.nan, np.float32)

@@ -94,7 +94,8 @@ class MMSegBackend(Backend):
                 raise BackendError(f"{self.name}: weights file {path} not found")
             checkpoint, self.weights, self.weights_sha256 = str(path), str(path), file_sha256(path)
         self.torch = torch
-        self.model = init_model(str(cfg_path), checkpoint, device="cpu").eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = init_model(str(cfg_path), checkpoint, device=self.device).eval()
         self.head = feature_head(self.model.decode_head)
         self._captured = []
         self.head.conv_seg.register_forward_hook(lambda _m, inputs, _o: self._captured.append(inputs[0]))
