@@ -15,6 +15,9 @@ Outputs in --out: outliers.csv (id,landmark_id,cluster,reason), classes.csv
 (one row per class), report.json (images and classes in/out overall and per
 poster Table-2 bucket, settings, time, and precision/recall against noise.csv
 when the data folder has one) and sheets/<landmark_id>.png contact sheets.
+report.json is written last, so its presence means the run finished; the result
+depends only on the store, the data and the settings, so an interrupted run is
+simply run again (about 4 minutes for all of GLDv2 on 2 cores).
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ def _usable_store_rows(store_path: Path, count: int) -> np.ndarray:
         del matrix
         ok[s:s + len(block)] = np.isfinite(block).all(axis=1) & (np.abs(block).max(axis=1) > 0)
     return ok
+
+
+def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _noise_scores(data_dir: Path, ids: pd.Series, removed: set[str]) -> dict | None:
@@ -172,8 +181,11 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
     }).sort_values(["landmark_id", "id"]).reset_index(drop=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    outliers.to_csv(out_dir / "outliers.csv", index=False)
-    classes.to_csv(out_dir / "classes.csv", index=False)
+    # A rerun recomputes everything (minutes at GLDv2 scale); what must never happen is a
+    # later stage reading half a file, so each output appears whole or not at all.
+    (out_dir / "report.json").unlink(missing_ok=True)
+    _atomic_csv(outliers, out_dir / "outliers.csv")
+    _atomic_csv(classes, out_dir / "classes.csv")
     unembedded = frame["id"].to_numpy()[~usable]
     sheet_paths = []
     if sheets > 0 and len(outliers):
@@ -184,7 +196,9 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
                      dict(eps="auto" if auto else base_eps, min_samples=min_samples, metric=metric,
                           min_class_size=min_class_size, jobs=jobs, sklearn_max_class=cluster.SKLEARN_MAX))
     report["seconds"] = round(time.time() - start, 3)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp = out_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "report.json")
     return report
 
 
