@@ -35,6 +35,7 @@ KAGGLE_BUDGET_S = 9 * 3600
 
 
 def make_images(out: Path, n: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     sources = sorted(REAL.glob("*.jpg"))
     for i in range(n):
         dst = out / f"{i:016x}.jpg"

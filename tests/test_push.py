@@ -28,12 +28,27 @@ class _Recorder(BaseHTTPRequestHandler):
     requests: list = []
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body or b"{}")})
-        slug = self.requests[-1]["body"].get("slug", "")
-        reply = json.dumps({"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}",
-                            "versionNumber": 7, "error": None}).encode()
-        self.send_response(200)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers), "body": body})
+        if self.path.endswith("/StartBlobUpload"):
+            n = len(self.requests)
+            answer = {"token": f"blob-token-{n}", "createUrl": f"http://localhost/upload/{n}"}
+        elif "DatasetApiService" in self.path:
+            answer = {"ref": "alice/dataset", "url": "http://localhost/datasets/alice/dataset", "status": "ok",
+                      "error": None}
+        else:
+            slug = body.get("slug", "")
+            answer = {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}", "versionNumber": 7,
+                      "error": None}
+        self._reply(200, json.dumps(answer).encode())
+
+    def do_PUT(self):  # noqa: N802
+        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.requests.append({"method": "PUT", "path": self.path, "headers": dict(self.headers), "body": data})
+        self._reply(200, b"{}")
+
+    def _reply(self, status, reply):
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
@@ -206,3 +221,30 @@ def test_bundle_has_wheel_model_and_no_credentials(tmp_path, kaggle_env):
     proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(tmp_path / "b2")], kaggle_env, tmp_path)
     assert proc.returncode == 2
     assert "config.json contains your Kaggle API key" in proc.stderr
+
+
+@pytest.mark.slow
+def test_datasets_uploads_each_bundle_with_the_real_client(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    model = _model_folder(tmp_path / "model")
+    bundles = tmp_path / "b"
+    proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(bundles)], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli(["kernels", "datasets", "--out", str(bundles), "--message", "v2 weights"], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "uploaded 2 datasets" in proc.stdout
+    uploaded = {r["path"].rsplit("/", 1)[-1]: r["body"] for r in seen if r["method"] == "PUT"}
+    starts = [r["body"] for r in seen if r["path"].endswith("/StartBlobUpload")]
+    versions = [r for r in seen if r["path"].endswith("/CreateDatasetVersion")]
+    assert len(versions) == 2
+    names = sorted(s["name"] for s in starts)
+    wheel = next((bundles / "landmark-kaggle-wheel").glob("*.whl"))
+    assert names == sorted([wheel.name, "config.json", "label_map.csv", "model.keras"])
+    assert sorted(len(b) for b in uploaded.values()) == sorted(
+        p.stat().st_size for p in [wheel, *(bundles / "landmark-kaggle-model").glob("[cml]*.*")])
+    bodies = [v["body"] for v in versions]
+    assert sorted((b["ownerSlug"], b["datasetSlug"]) for b in bodies) == [
+        ("alice", "landmark-kaggle-model"), ("alice", "landmark-kaggle-wheel")]
+    assert all(b["body"]["versionNotes"] == "v2 weights" for b in bodies)
+    for r in seen:
+        assert SECRET not in json.dumps(r["body"] if r["method"] == "POST" else ""), r["path"]

@@ -177,7 +177,10 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
         dataset = tfrec_dataset(files, data_cfg)
     expected = list(dict.fromkeys(ids.tolist()))
     if ids_csv is not None:
-        listed = pd.read_csv(ids_csv, dtype=str, usecols=["id"])["id"].tolist()
+        listed = pd.read_csv(ids_csv, dtype=str, keep_default_na=False)
+        if "id" not in listed.columns:
+            raise UserError(f"{ids_csv}: no 'id' column (columns: {', '.join(map(str, listed.columns))})")
+        listed = listed["id"].tolist()
         extra = set(expected) - set(listed)
         if extra:
             print(f"predict: {len(extra)} image(s) not in {ids_csv} are left out (first: {sorted(extra)[0]})")
@@ -221,6 +224,8 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
         "images_per_second": round((len(best_lid) / seconds) if seconds > 0 else 0.0, 2),
         "retrieval": bool(idx is not None), "index_rows": len(idx) if idx is not None else 0,
         "distractor_rows": len(dis) if dis is not None else 0, "model": str(model_dir),
+        # Index rows that cannot vote: unreadable when indexed (NaN), or of a landmark the model lacks.
+        "index_rows_dropped": (idx.dropped + idx.unknown) if idx is not None else 0,
         "inference": dict(vars(replace(inf))),
     }
     out.with_name(out.stem + ".predict.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
