@@ -73,7 +73,7 @@ def test_index_holds_every_training_image_with_unit_rows(world):
     assert sorted(index.ids.tolist()) == sorted(train["id"].tolist())
     lids = dict(zip(train["id"], train["landmark_id"], strict=True))
     assert [lids[i] for i in index.ids] == index.landmark_ids.tolist()
-    np.testing.assert_allclose(np.linalg.norm(index.matrix, axis=1), 1.0, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(index.matrix.astype(np.float32), axis=1), 1.0, atol=2e-3)
     meta = json.loads((world["index"] / "index.json").read_text())
     assert meta["rows"] == len(train) and meta["failed"] == 0
     distractors = retrieval.RetrievalIndex(world["distractors"])
