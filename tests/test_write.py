@@ -91,6 +91,11 @@ def test_round_trip_bytes_labels_ids(sample, built):
     assert manifest["written"]["train"] + manifest["written"]["validation"] == manifest["input"] == len(index)
     assert manifest["balanced"] and manifest["failed"] == 0
     assert "finished" not in (out / "manifest.json").read_text()  # run times live in .build/runs.jsonl
+    # What `kaggle datasets create -p DIR` checks before uploading.
+    meta = mf.read_json(out / "dataset-metadata.json")
+    owner, slug = meta["id"].split("/")
+    assert 6 <= len(slug) <= 50 and 6 <= len(meta["title"]) <= 50 and len(meta["licenses"]) == 1
+    assert 20 <= len(meta["subtitle"]) <= 80
 
 
 def test_shards_parse_with_plain_protobuf_and_delf_spec(built):
@@ -181,6 +186,15 @@ def test_partitioned_workers_equal_one_worker(sample, built, tmp_path):
     assert output_files(tmp_path / "shared") == output_files(out)
     with pytest.raises(UserError, match="missing part"):
         merge_parts([tmp_path / "w0", tmp_path / "w2"], tmp_path / "incomplete")
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_the_same_bytes_as_one(sample, built, tmp_path):
+    write_dataset(sample, tmp_path / "o", image_size=56, shard_mb=0.004, val_fraction=0.25, workers=2,
+                  progress=False)
+    assert output_files(tmp_path / "o") == output_files(built[0])
+    runs = (tmp_path / "o" / ".build" / "runs.jsonl").read_text()
+    assert '"workers": 2' in runs
 
 
 def test_changed_settings_into_an_existing_folder_is_refused(sample, built, tmp_path):

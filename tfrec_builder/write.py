@@ -22,6 +22,8 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 
@@ -89,8 +91,9 @@ def _run_shards(out: Path, fingerprint: str, todo: list[ShardPlan], prepare, wor
         return
     # Processes, not threads: decoding and re-encoding hold the GIL. Spawned, because forking a
     # parent that may have imported TensorFlow is unsafe. The next shards' images are prepared
-    # while this one is written, but no further ahead, so memory stays at a few shards.
-    with mp.get_context("spawn").Pool(workers) as pool:
+    # while this one is written, but no further ahead, so memory stays at a few shards. An
+    # executor, not multiprocessing.Pool: a worker that dies breaks it loudly instead of hanging.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         pending: deque = deque()
         queue = iter(todo)
 
@@ -98,15 +101,20 @@ def _run_shards(out: Path, fingerprint: str, todo: list[ShardPlan], prepare, wor
             shard = next(queue, None)
             if shard is not None:
                 rows = _rows(shard)
-                pending.append((shard, rows, pool.imap(prepare, rows, chunksize=max(1, min(16, len(rows) // 64)))))
+                chunk = max(1, min(16, len(rows) // (4 * workers)))
+                pending.append((shard, rows, pool.map(prepare, rows, chunksize=chunk)))
 
-        for _ in range(2):
-            submit()
-        while pending:
-            shard, rows, results = pending.popleft()
-            submit()
-            yield _write_shard(out, fingerprint, shard, rows, results)
-            bar.update(len(rows))
+        try:
+            for _ in range(2):
+                submit()
+            while pending:
+                shard, rows, results = pending.popleft()
+                submit()
+                yield _write_shard(out, fingerprint, shard, rows, results)
+                bar.update(len(rows))
+        except BrokenProcessPool as exc:
+            raise UserError(f"a worker process died ({exc}); finished shards are kept: rerun the same command "
+                            "to resume, with --workers 1 to see the error in this process") from None
 
 
 def _finished_state(out: Path, name: str, fingerprint: str) -> dict | None:
