@@ -36,6 +36,8 @@ class _Recorder(BaseHTTPRequestHandler):
         elif "DatasetApiService" in self.path:
             answer = {"ref": "alice/dataset", "url": "http://localhost/datasets/alice/dataset", "status": "ok",
                       "error": None}
+        elif body.get("slug", "").startswith("refused/"):
+            answer = {"ref": "", "url": "", "error": "Notebook not found or you do not own it"}
         else:
             slug = body.get("slug", "")
             answer = {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}", "versionNumber": 7,
@@ -131,6 +133,14 @@ def test_push_train_kernel_with_accelerator_override(tmp_path, kaggle_env, kaggl
     assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-tfrec"]
     rendered = json.loads((tmp_path / "k" / "train" / "kernel-metadata.json").read_text())
     assert rendered["code_file"] == "train.py" and rendered["machine_shape"] == "NvidiaTeslaT4"
+
+
+def test_an_error_from_kaggle_is_one_clear_line(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "submission", "--user", "refused", "--out", str(tmp_path / "k")],
+                kaggle_env, tmp_path)
+    assert len(seen) == 1 and proc.returncode == 2
+    assert "Notebook not found or you do not own it" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_user_name_from_kaggle_config_file(tmp_path, kaggle_env, kaggle_server):
