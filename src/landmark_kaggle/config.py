@@ -129,6 +129,7 @@ class Config:
             ("inference.batch_size", self.inference.batch_size >= 1, "must be >= 1"),
             ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),
             ("inference.retrieval_weight", 0 <= self.inference.retrieval_weight <= 1, "must be in [0, 1]"),
+            ("inference.nonlandmark_weight", self.inference.nonlandmark_weight >= 0, "must be >= 0"),
         ]
         for name, ok, why in checks:
             if not ok:
