@@ -124,11 +124,20 @@ MIRRORED = textwrap.dedent("""
     one = fit(tf.distribute.OneDeviceStrategy("/cpu:0"))
     summary = train_model({shards!r}, {out!r}, config_from_dict({{}}, [*small, "train.strategy=mirrored",
                           "train.epochs=1", "train.steps_per_epoch=2"]), runtime=rt, progress=False)
+    # The padded, two-replica validation against a plain one-device pass over the same images.
+    from landmark_kaggle.model import load_model_dir, make_loss, topk_metrics
+    from landmark_kaggle.pipeline import build_dataset
+    saved = load_model_dir({out!r}).model
+    saved.compile(loss=make_loss(cfg), metrics=topk_metrics(4))
+    plain = saved.evaluate(build_dataset({shards!r}, "validation", cfg.data, 8, training=False), return_dict=True,
+                           verbose=0)
+    h = summary["history"][0]
     print(json.dumps({{"replicas": rt.replicas, "kind": rt.kind, "loss_two": two[0], "loss_one": one[0],
                       "init_diff": float(np.abs(two[1] - one[1]).max()),
                       "moved": float(np.abs(two[2] - two[1]).max()),
                       "weight_diff": float(np.abs(two[2] - one[2]).max()),
                       "logit_diff": float(np.abs(two[3] - one[3]).max()),
+                      "val": [h["val_loss"], h["val_top1"]], "plain_val": [plain["loss"], plain["top1"]],
                       "summary": {{k: summary[k] for k in ("status", "replicas", "global_step", "strategy")}}}}))
 """)
 
@@ -142,6 +151,7 @@ def test_mirrored_over_two_logical_cpus_trains_and_matches_one_device(shards, tm
     np.testing.assert_allclose(res["loss_two"], res["loss_one"], rtol=1e-4)
     assert res["weight_diff"] < 1e-4 and res["logit_diff"] < 1e-2
     assert res["summary"] == {"status": "complete", "replicas": 2, "global_step": 2, "strategy": "mirrored"}
+    np.testing.assert_allclose(res["val"], res["plain_val"], rtol=1e-4)
     assert (tmp_path / "model" / "model.keras").is_file()
 
 

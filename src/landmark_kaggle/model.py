@@ -119,8 +119,9 @@ def topk_metrics(num_classes: int) -> list:
 def compile_model(model: keras.Model, cfg: Config, class_counts=None, *, steps_per_epoch: int = 1,
                   lr_factor: float = 1.0) -> None:
     num_classes = model.output_shape[-1]
+    # Weighted, so the zero-weight rows that pad a distributed validation pass do not count.
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, lr_factor), loss=make_loss(cfg, class_counts),
-                  metrics=topk_metrics(num_classes), jit_compile=False)
+                  weighted_metrics=topk_metrics(num_classes), jit_compile=False)
 
 
 def embedding_model(model: keras.Model) -> keras.Model:

@@ -112,12 +112,15 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 
 def build_dataset(data_dir: str, split: str, data_cfg, batch_size: int, *, training: bool, seed: int = 0,
-                  start_step: int = 0, with_ids: bool = False) -> tf.data.Dataset:
+                  start_step: int = 0, with_ids: bool = False, pad_to_batch: bool = False) -> tf.data.Dataset:
     """Batches of ``(images float32 [B,S,S,3], labels int64 [B])`` (plus ids with ``with_ids``).
 
     ``training``: an endless shuffled, augmented stream with full batches;
     ``start_step`` skips that many batches of it, cheaply (before decoding).
-    Otherwise: one ordered pass through the eval path, the last batch partial.
+    Otherwise: one ordered pass through the eval path, the last batch partial,
+    unless ``pad_to_batch``: then the pass is topped up to whole batches with
+    copies of its first example and batches are ``(images, labels, weights)``,
+    weight 0 on the copies (replicas of a distributed evaluation need equal shares).
     """
     files = list_split_shards(data_dir, split)
     det = bool(data_cfg.deterministic) or not training
@@ -146,7 +149,13 @@ def build_dataset(data_dir: str, split: str, data_cfg, batch_size: int, *, train
             return eval_transform(decode_image(ex["image"]), data_cfg), ex["label"], ex["id"]
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=det)
-    if not with_ids:
+    if pad_to_batch and not training:
+        missing = -count_examples(data_dir, split) % batch_size
+        ds = ds.map(lambda image, label, _id: (image, label, tf.constant(1.0)))
+        if missing:
+            ds = ds.concatenate(ds.take(1).map(lambda image, label, _w: (image, label, tf.constant(0.0)))
+                                .repeat(missing))
+    elif not with_ids:
         ds = ds.map(lambda image, label, _id: (image, label))
     if data_cfg.cache and not training:
         ds = ds.cache()

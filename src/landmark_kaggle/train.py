@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ from landmark_kaggle import pipeline
 from landmark_kaggle.clibase import UserError
 from landmark_kaggle.config import Config
 from landmark_kaggle.distribute import Runtime, global_batch, setup_runtime
-from landmark_kaggle.model import TOP_K, build_model, save_model_dir
+from landmark_kaggle.model import TOP_K, build_model, compile_model, save_model_dir
 from landmark_kaggle.plots import plot_history
 from landmark_kaggle.schedule import schedule_from_config
 
@@ -72,6 +73,21 @@ def _check_same_run(state: dict, cfg: Config, num_classes: int, ckpt: Path) -> N
             f"num_classes {state['num_classes']} -> {num_classes}"
         raise UserError(f"{ckpt}: the checkpoint was made with other settings ({what}); "
                         "resume with the same config or train into a new --out")
+
+
+class _ReplicaAxisModel(keras.Model):
+    """The functional model, with step logs of shape [1] instead of scalars.
+
+    Keras 3.15 reduces MultiWorkerMirroredStrategy step logs with ``axis=0``,
+    which a scalar does not have; one length-1 axis reduces to the same scalar.
+    Used for training only: the saved model folder holds the plain functional copy.
+    """
+
+    def train_step(self, data):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
+
+    def test_step(self, data):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().test_step(data).items()}
 
 
 class _Watch(keras.callbacks.Callback):
@@ -139,6 +155,10 @@ class _Trainer:
 
     def save_checkpoint(self, partial_logs: dict | None) -> None:
         if not self.rt.is_chief:
+            # Saving may create variables, a collective op under MultiWorkerMirroredStrategy, so every
+            # worker saves; only the chief keeps what it wrote.
+            with tempfile.TemporaryDirectory() as tmp:
+                self.model.save_weights(Path(tmp) / "worker.weights.h5")
             return
         t0 = time.monotonic()
         self.ckpt.mkdir(parents=True, exist_ok=True)
@@ -200,13 +220,21 @@ class _Trainer:
             self.steps_per_epoch = state["steps_per_epoch"]
         keras.utils.set_random_seed(cfg.train.seed)
         with self.rt.strategy.scope():
-            self.model = build_model(cfg, self.num_classes, counts, steps_per_epoch=self.steps_per_epoch,
-                                     lr_factor=lr_factor)
+            self.model = build_model(cfg, self.num_classes, counts, compile=False)
+            if self.rt.kind == "multiworker":
+                self.model = _ReplicaAxisModel(self.model.inputs, self.model.outputs, name=self.model.name)
+            compile_model(self.model, cfg, counts, steps_per_epoch=self.steps_per_epoch, lr_factor=lr_factor)
             if state is not None:
                 self.model.optimizer.build(self.model.trainable_variables)
                 self.model.load_weights(self.ckpt / state["weights"])
                 self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
                 self.global_step, self.history, self.partial = state["global_step"], state["history"], state["partial"]
+        if self.rt.kind == "multiworker":
+            # Keras 3.15's fit/evaluate first MEAN-reduce one input batch for a symbolic build, which
+            # MultiWorkerMirroredStrategy cannot do for a nested batch. With no strategy recorded on the
+            # model Keras builds while tracing instead; fit runs inside the strategy's scope, so the
+            # steps are distributed all the same.
+            self.model._distribute_strategy = None
         self.schedule = schedule_from_config(cfg.train, self.steps_per_epoch, lr_factor)
         total = cfg.train.epochs * self.steps_per_epoch
         if self.progress and self.rt.is_chief:
@@ -236,8 +264,9 @@ class _Trainer:
             # The stream is endless; Keras's "ran out of data" / "shuffle ignored" notes do not apply,
             # and a real shortfall is caught below.
             warnings.filterwarnings("ignore", message=".*(ran out of data|shuffle=True).*")
-            self.model.fit(ds, initial_epoch=e, epochs=e + 1, steps_per_epoch=self.steps_per_epoch - start,
-                           callbacks=[watch], verbose=0)
+            with self.rt.strategy.scope():
+                self.model.fit(ds, initial_epoch=e, epochs=e + 1, steps_per_epoch=self.steps_per_epoch - start,
+                               callbacks=[watch], verbose=0)
         logs = self.epoch_logs()
         if self.step_in_epoch < self.steps_per_epoch and not self.stopped:
             raise UserError(f"{self.data_dir}: the training stream ended after {self.step_in_epoch} of "
@@ -248,10 +277,7 @@ class _Trainer:
         row = {"epoch": e + 1, "lr": float(self.schedule.by_epoch(e)), **logs}
         t_val = time.monotonic()
         if has_val:
-            val = pipeline.build_dataset(self.data_dir, "validation", cfg.data, batch, training=False)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*ran out of data.*")  # a finite pass, as meant
-                res = self.model.evaluate(val, return_dict=True, verbose=0)
+            res = self._validate(batch)
             row.update({f"val_{k}": float(res[k]) for k in METRIC_COLUMNS if k in res})
         row.update({"steps": self.steps_per_epoch, "seconds": round(time.monotonic() - t0, 3)})
         self.history.append(row)
@@ -261,6 +287,22 @@ class _Trainer:
         self.reserve_extra = max(self.reserve_extra, time.monotonic() - t_val)
         if self.out_of_time() and self.epoch < cfg.train.epochs:
             self.stopped = "time budget"
+
+    def _validate(self, batch: int) -> dict:
+        """Top-k and loss on the validation split; exact also when replicas need whole batches."""
+        padded = self.rt.replicas > 1
+        val = pipeline.build_dataset(self.data_dir, "validation", self.cfg.data, batch, training=False,
+                                     pad_to_batch=padded)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")  # a finite pass, as meant
+            with self.rt.strategy.scope():
+                res = self.model.evaluate(val, return_dict=True, verbose=0)
+        if padded:
+            # Weighted metrics ignore the weight-0 copies, but the loss is averaged over every row,
+            # copies included: scale it back to the mean over real images.
+            n = pipeline.count_examples(self.data_dir, "validation")
+            res["loss"] = res["loss"] * (n + (-n % batch)) / n
+        return res
 
     def _summary(self, batch: int) -> dict:
         last = self.history[-1] if self.history else {}
