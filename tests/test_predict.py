@@ -213,3 +213,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "nope" in err and "model.keras" in err and "Traceback" not in err
     assert main(["predict", "--images", str(tmp_path)]) == 2
     assert "--model is required" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path), "--images", str(tmp_path), "--set", "data.image_size=64"]) == 2
+    assert "only changes inference.* settings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_inference_settings_are_checked(world, tmp_path):
+    from landmark_kaggle.config import ConfigError
+    from landmark_kaggle.predict import predict
+
+    with pytest.raises(ConfigError, match="inference.retrieval_weight"):
+        predict(world["model"], tmp_path / "s.csv", images=world["root"] / "test",
+                overrides=["inference.retrieval_weight=1.5"])

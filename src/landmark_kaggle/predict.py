@@ -49,14 +49,12 @@ def load_for_inference(model_dir, overrides: list[str] | tuple[str, ...] = ()) -
 
     from landmark_kaggle.model import embedding_model, load_model_dir
 
+    bad = [o for o in overrides if not o.strip().startswith("inference.")]
+    if bad:
+        raise UserError(f"--set {bad[0]}: predict only changes inference.* settings; "
+                        "the rest comes from the model folder")
     bundle = load_model_dir(model_dir)
-    cfg = bundle.config
-    if overrides:
-        bad = [o for o in overrides if not o.strip().startswith("inference.")]
-        if bad:
-            raise UserError(f"--set {bad[0]}: predict only changes inference.* settings; "
-                            "the rest comes from the model folder")
-        cfg = config_from_dict(cfg.to_dict(), overrides)
+    cfg = config_from_dict(bundle.config.to_dict(), overrides) if overrides else bundle.config
     both = keras.Model(bundle.model.inputs, [bundle.model.outputs[0], embedding_model(bundle.model).outputs[0]])
     scale = float(cfg.model.scale)
 
