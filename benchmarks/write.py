@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from landmark_kaggle import gld
+from tfrec_builder.plan import make_plan
 from tfrec_builder.write import write_dataset
 
 REAL = Path("/work/shared/realdata/gldv2-test-images")
@@ -115,6 +116,9 @@ def main() -> None:
         read_all(paths)
         t_warm = time.perf_counter() - t0
         startup = pool_startup(2)
+        t0 = time.perf_counter()
+        make_plan(root / "gld", outliers=None, image_size=800, quality=90, shard_mb=8, val_fraction=0.02, seed=0)
+        t_plan = time.perf_counter() - t0
         rows = []
         for label, size in (("no resize (copy)", 800), ("resize to 256", 256)):
             # Shards of ~8 MB so there are plenty for two workers to share.
@@ -128,6 +132,7 @@ def main() -> None:
           f"TensorFlow import {t_tf:.2f} s (not timed below)")
     print(f"{'bare read, from disk':<22} {t_read:7.2f} s  {n / t_read:9.0f} img/s")
     print(f"{'bare read, warm cache':<22} {t_warm:7.2f} s  {n / t_warm:9.0f} img/s")
+    print(f"{'plan only (in writes)':<22} {t_plan:7.2f} s  (index, outliers, split, stat of every file)")
     for label, t1, t2, actions in rows:
         adj = max(t2 - startup, 1e-9)
         print(f"{label:<22} 1 worker {t1:7.2f} s {n / t1:7.0f} img/s = {t_read / t1:.2f}x read | "

@@ -349,4 +349,6 @@ def test_bad_settings_are_user_errors(sample, tmp_path, capsys):
     assert "--worker-index 2 must be in 0..--num-workers-1 (2)" in capsys.readouterr().err
     assert tfrec_main(["write", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "nothing: data folder not found" in capsys.readouterr().err
+    assert tfrec_main(["write", str(sample), "--out", str(tmp_path / "o"), "--outliers", str(tmp_path / "no.csv")]) == 2
+    assert "no.csv: outliers file not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -171,13 +171,16 @@ def prepare_bytes(data: bytes, image_size: int, quality: int) -> Prepared:
     return Prepared(encode(image, quality), h, w, "resized" if (h, w) != tuple(was) else "converted")
 
 
-def prepare_file(path: str | os.PathLike, image_size: int, quality: int) -> Prepared:
-    """The stored form of one image file, or ImageError with the reason it cannot be stored."""
+def read_file(path: str | os.PathLike) -> bytes:
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except FileNotFoundError:
         raise ImageError("missing file") from None
     except OSError as exc:
         raise ImageError(f"unreadable file ({exc.strerror or exc})") from None
-    return prepare_bytes(data, image_size, quality)
+
+
+def prepare_file(path: str | os.PathLike, image_size: int, quality: int) -> Prepared:
+    """The stored form of one image file, or ImageError with the reason it cannot be stored."""
+    return prepare_bytes(read_file(path), image_size, quality)

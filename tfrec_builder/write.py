@@ -22,7 +22,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
@@ -33,18 +33,33 @@ from landmark_kaggle import gld
 from landmark_kaggle.clibase import UserError
 from landmark_kaggle.records import SPLITS, encode_example
 from tfrec_builder import manifest as mf
-from tfrec_builder.images import ImageError, prepare_file
+from tfrec_builder.images import ImageError, prepare_bytes, read_file
 from tfrec_builder.plan import Plan, ShardPlan, make_plan
 
+READ_AHEAD_THREADS = 4
 
-def _prepare_record(row: tuple, image_size: int, quality: int) -> tuple[str, bytes | str]:
+
+def _read(path: str) -> bytes | ImageError:
+    try:
+        return read_file(path)
+    except ImageError as exc:
+        return exc
+
+
+def _prepare_record(row: tuple, image_size: int, quality: int,
+                    data: bytes | ImageError | None = None) -> tuple[str, bytes | str]:
     """``("copied"|"resized"|"converted", record bytes)`` or ``("failed", reason)``; runs in a worker process.
 
     Workers never import TensorFlow (records.encode_example does not need it), so they start in a second.
+    ``data`` is the file's content when it was already read (or the error reading it).
     """
     image_id, landmark_id, label, path = row
     try:
-        p = prepare_file(path, image_size, quality)
+        if data is None:
+            data = read_file(path)
+        if isinstance(data, ImageError):
+            raise data
+        p = prepare_bytes(data, image_size, quality)
     except ImageError as exc:
         return "failed", str(exc)
     except Exception as exc:  # one bad image must never stop the job
@@ -84,10 +99,15 @@ def _write_shard(out: Path, fingerprint: str, shard: ShardPlan, rows: list[tuple
 
 def _run_shards(out: Path, fingerprint: str, todo: list[ShardPlan], prepare, workers: int, bar) -> Iterator[dict]:
     if workers == 1:
-        for shard in todo:
-            rows = _rows(shard)
-            yield _write_shard(out, fingerprint, shard, rows, map(prepare, rows))
-            bar.update(len(rows))
+        # Reading ahead in a few threads keeps the disk busy while this process encodes and
+        # writes; threads only wait on I/O here, all image work stays in this one process.
+        with ThreadPoolExecutor(READ_AHEAD_THREADS) as io_pool:
+            for shard in todo:
+                rows = _rows(shard)
+                datas = io_pool.map(_read, [row[3] for row in rows])
+                results = (prepare(row, data=data) for row, data in zip(rows, datas, strict=True))
+                yield _write_shard(out, fingerprint, shard, rows, results)
+                bar.update(len(rows))
         return
     # Processes, not threads: decoding and re-encoding hold the GIL. Spawned, because forking a
     # parent that may have imported TensorFlow is unsafe. The next shards' images are prepared
@@ -173,10 +193,10 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
             raise UserError(why)
     started = time.time()
     out = Path(out_dir)
-    settings = {"image_size": image_size, "quality": quality, "shard_mb": shard_mb, "val_fraction": val_fraction,
-                "seed": seed, "outliers_sha256": mf.sha256_file(outliers) if outliers else None}
     if outliers and not Path(outliers).is_file():
         raise gld.GLDError(f"{outliers}: outliers file not found")
+    settings = {"image_size": image_size, "quality": quality, "shard_mb": shard_mb, "val_fraction": val_fraction,
+                "seed": seed, "outliers_sha256": mf.sha256_file(outliers) if outliers else None}
     plan = make_plan(data_dir, outliers=outliers, image_size=image_size, quality=quality, shard_mb=shard_mb,
                      val_fraction=val_fraction, seed=seed)
     settings["source"] = plan.source.name
