@@ -47,7 +47,8 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     comp = inp / COMPETITION
     shutil.copytree(world["root"] / "test", comp / "test")
     shutil.copy2(world["root"] / "sample_submission.csv", comp / "sample_submission.csv")
-    kernels.bundle(inp, "alice", model_dir=world["model"], index_dir=world["index"])
+    kernels.bundle(inp, "alice", model_dir=world["model"], index_dir=world["index"],
+                   distractors_dir=world["distractors"])
     working.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
@@ -58,7 +59,8 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("predict --kaggle: package "))
     package = line.split("package ", 1)[1].split(",", 1)[0]
     assert "landmark_kaggle_" in package and not package.startswith(str(REPO))
-    assert f"index {inp / kernels.INDEX_DATASET}" in line
+    assert f"index {inp / kernels.INDEX_DATASET}," in line
+    assert f"distractors {inp / kernels.DISTRACTOR_DATASET}" in line
     assert "retrieval on" in proc.stdout
     sub_path = working / "submission.csv"
     from landmark_kaggle.submission import read_submission, validate_submission

@@ -114,7 +114,7 @@ def test_push_submission_kernel_sends_code_metadata_and_sources(tmp_path, kaggle
     assert body.get("enableInternet", None) is False
     assert body["competitionDataSources"] == ["landmark-recognition-2021"]
     assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-model",
-                                          "alice/landmark-kaggle-index"]
+                                          "alice/landmark-kaggle-index", "alice/landmark-kaggle-distractors"]
     # The key travelled only as HTTP auth, never inside what we wrote.
     assert "Authorization" in req["headers"]
     for where, data in _all_bytes(tmp_path / "k"):

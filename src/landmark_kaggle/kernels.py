@@ -1,8 +1,8 @@
 """Kaggle kernels and datasets from this checkout: ``kernels bundle``, ``kernels push NAME``, ``kernels datasets``.
 
 ``bundle`` builds the package wheel (``pip wheel --no-deps``) into one dataset
-folder and copies a model folder (and, if given, a retrieval index) into
-others, each with its ``dataset-metadata.json``, so the offline submission
+folder and copies a model folder (and, if given, the retrieval index and the
+non-landmark index) into others, each with its ``dataset-metadata.json``, so the offline submission
 kernel can ``pip install --no-index`` the package and find the model.
 
 ``push NAME`` (submission | train | build) renders the kernel's metadata
@@ -41,10 +41,12 @@ KERNEL_TEMPLATES = {
 WHEEL_DATASET = "landmark-kaggle-wheel"
 MODEL_DATASET = "landmark-kaggle-model"
 INDEX_DATASET = "landmark-kaggle-index"
+DISTRACTOR_DATASET = "landmark-kaggle-distractors"
 DATASET_TITLES = {
     WHEEL_DATASET: "landmark-kaggle package wheel",
     MODEL_DATASET: "landmark-kaggle model folder",
     INDEX_DATASET: "landmark-kaggle retrieval index",
+    DISTRACTOR_DATASET: "landmark-kaggle non-landmark index",
 }
 MODEL_FILES = ("model.keras", "config.json", "label_map.csv")
 # Values the kaggle client accepts (kaggle_api_extended.KaggleApi.valid_push_*).
@@ -143,7 +145,7 @@ def build_wheel(out_dir: Path, repo: Path = REPO_ROOT) -> Path:
 
 
 def bundle(out_dir: str | Path, user: str, model_dir: str | Path | None = None,
-           index_dir: str | Path | None = None) -> dict[str, Path]:
+           index_dir: str | Path | None = None, distractors_dir: str | Path | None = None) -> dict[str, Path]:
     """Write the dataset folders the submission kernel attaches; returns slug -> folder."""
     out = Path(out_dir)
     folders: dict[str, Path] = {}
@@ -162,15 +164,17 @@ def bundle(out_dir: str | Path, user: str, model_dir: str | Path | None = None,
             shutil.copy2(model_dir / name, dest / name)
         _write_json(dest / "dataset-metadata.json", dataset_metadata(MODEL_DATASET, user))
         folders[MODEL_DATASET] = dest
-    if index_dir:
-        index_dir = Path(index_dir)
-        if not (index_dir / "index.json").is_file():
-            raise KernelError(f"{index_dir} is not a retrieval index (no index.json); make one with embed-index")
-        dest = out / INDEX_DATASET
-        # Flat files: `kaggle datasets create` skips sub-folders by default.
-        shutil.copytree(index_dir, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.partial*"))
-        _write_json(dest / "dataset-metadata.json", dataset_metadata(INDEX_DATASET, user))
-        folders[INDEX_DATASET] = dest
+    for slug, folder in ((INDEX_DATASET, index_dir), (DISTRACTOR_DATASET, distractors_dir)):
+        if not folder:
+            continue
+        folder = Path(folder)
+        if not (folder / "index.json").is_file():
+            raise KernelError(f"{folder} is not a finished index (no index.json); make one with embed-index")
+        dest = out / slug
+        # The chunk markers only matter while embedding; `kaggle datasets create` skips sub-folders anyway.
+        shutil.copytree(folder, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("chunks"))
+        _write_json(dest / "dataset-metadata.json", dataset_metadata(slug, user))
+        folders[slug] = dest
     for folder in folders.values():
         scan_for_credentials(folder)
     return folders
@@ -284,7 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = sub.add_parser("bundle", help="build the wheel dataset folder and pack the model (and index) folders")
     b.add_argument("--model", help="model folder (model.keras, config.json, label_map.csv)")
-    b.add_argument("--index", help="retrieval index folder from embed-index")
+    b.add_argument("--index", help="retrieval index folder from embed-index --data")
+    b.add_argument("--distractors", help="non-landmark index folder from embed-index --images")
     b.add_argument("--out", default="bundles", help="where the dataset folders go (default: bundles)")
     b.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
     p = sub.add_parser("push", help="render a kernel's metadata for your user, check it, run `kaggle kernels push`")
@@ -301,7 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "bundle":
-        folders = bundle(args.out, kaggle_username(args.user), args.model, args.index)
+        folders = bundle(args.out, kaggle_username(args.user), args.model, args.index, args.distractors)
         for slug, folder in folders.items():
             print(f"{slug}: {folder} ({sum(1 for p in folder.iterdir() if p.is_file())} files)")
         print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")

@@ -213,6 +213,7 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
             for i, t, c in zip(batch_ids, top.tolist(), conf.tolist(), strict=True):
                 best_lid[i], best_conf[i] = int(lm_ids[t]), float(c)
             bar.update(len(batch_ids))
+        bar.update(len(ids) - bar.n)  # the unreadable ones, so the bar ends full
     seconds = time.perf_counter() - start
     from landmark_kaggle.submission import write_submission
 
