@@ -70,3 +70,23 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     result = score_json(world["root"] / "solution.csv", sub_path)
     assert 0.0 <= result["gap"] <= 1.0 and result["n_images"] == len(ids)
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
+
+
+@pytest.mark.slow
+def test_build_kernel_writes_shards_from_the_competition_folder(world, tmp_path):
+    from landmark_kaggle.records import list_shards
+
+    inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
+    shutil.copytree(world["root"], inp / COMPETITION)
+    kernels.build_wheel(inp / kernels.WHEEL_DATASET)
+    working.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
+    proc = subprocess.run([sys.executable, str(REPO / "kernels" / "build" / "build.py")], cwd=working, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((working / "tfrec" / "manifest.json").read_text())
+    train = pd.read_csv(inp / COMPETITION / "train.csv")
+    assert list_shards(str(working / "tfrec"), "train")
+    assert manifest["input"] == len(train)
+    assert sum(manifest["written"].values()) + manifest["removed"] + manifest["failed"] == len(train)
