@@ -64,8 +64,9 @@ def test_estimate_matches_hand_arithmetic():
 
 @pytest.mark.slow
 def test_train_estimate_command_prints_the_classifier_size(capsys):
+    # EfficientNetV2B0 has the same 1280-wide features as V2-S and builds faster at five image sizes.
     assert main(["train", "--estimate", "--classes", "81313", "--set", "train.batch_size=128",
-                 "--replicas", "8", "--set", "data.image_size=384"]) == 0
+                 "--replicas", "8", "--set", "data.image_size=384", "--set", "model.backbone=EfficientNetV2B0"]) == 0
     out = capsys.readouterr().out
     assert "104,080,640 parameters (81,313 classes) = 416 MB fp32" in out
     assert "per replica at batch 16, 384 px" in out and "TPU v3 core" in out and "GPU, 16 GB" in out

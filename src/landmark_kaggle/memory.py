@@ -64,11 +64,11 @@ def estimate(cfg: Config, num_classes: int, per_replica_batch: int, image_size: 
 
 
 def fit_table(cfg: Config, num_classes: int, device_gib: float, precision: str,
-              sizes=(256, 384, 512, 640), batches=(8, 16, 32, 64, 128)) -> list[dict]:
+              sizes=(256, 384, 512, 640), batches=(8, 16, 32, 64, 128), profiles: dict | None = None) -> list[dict]:
     """The largest per-replica batch of ``batches`` that fits ``device_gib`` at each image size."""
     rows = []
     for size in sizes:
-        prof = _backbone_profile(cfg, size)
+        prof = (profiles or {}).get(size) or _backbone_profile(cfg, size)
         best, need = 0, 0.0
         for b in batches:
             est = estimate(cfg, num_classes, b, size, precision, profile=prof)
@@ -91,8 +91,9 @@ def report(cfg: Config, num_classes: int, per_replica_batch: int, precision: str
         f"about {est['total_bytes'] / GIB:.2f} GiB in all",
     ]
     if table:
+        profiles = {size: _backbone_profile(cfg, size) for size in (256, 384, 512, 640)}
         for device, prec in (("TPU v3 core, 16 GB", "mixed_bfloat16"), ("GPU, 16 GB", "mixed_float16")):
-            rows = fit_table(cfg, num_classes, 16.0, prec)
+            rows = fit_table(cfg, num_classes, 16.0, prec, profiles=profiles)
             cells = ", ".join(f"{r['image_size']} px: batch {r['max_batch'] or '-'}"
                               + (f" ({r['gib']} GiB)" if r["max_batch"] else "") for r in rows)
             lines.append(f"largest per-replica batch on one {device} ({prec}, {int(HEADROOM * 100)}% usable): {cells}")
