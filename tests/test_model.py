@@ -47,6 +47,9 @@ def test_backbone_weights_come_from_a_local_file(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(UserError, match="no such file"):
         build_backbone(config_from_dict({}, [*SMALL, "model.weights=/nope/w.h5"]))
+    # Offline (here, CI, the competition kernel) "imagenet" fails at once and says which file to give.
+    with pytest.raises(UserError, match=r"model.weights=/path/to/efficientnetv2s_notop.h5"):
+        build_backbone(config_from_dict({}, ["data.image_size=32", "model.weights=imagenet"]))
     with pytest.raises(UserError, match="not a keras.applications model"):
         build_backbone(config_from_dict({}, ["model.backbone=ResNet9000"]))
 

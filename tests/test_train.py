@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from trainutil import make_shards
 
+from landmark_kaggle.cli import main
 from landmark_kaggle.clibase import UserError
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.distribute import setup_runtime
@@ -124,16 +125,20 @@ def test_kill_and_resume_reproduces_the_uninterrupted_history(shards, uninterrup
 
 
 @pytest.mark.slow
-def test_time_budget_stops_cleanly_saves_and_resume_finishes_the_same_run(shards, uninterrupted, tmp_path):
-    cfg = config_from_dict({}, SMALL)
+def test_time_budget_stops_cleanly_saves_and_resume_finishes_the_same_run(shards, uninterrupted, tmp_path, capsys):
     out = tmp_path / "model"
-    first = train_model(str(shards), out, cfg, progress=False, time_budget="1s")
-    assert first["status"] == "time budget" and 1 <= first["global_step"] < 9
+    args = ["train", "--data", str(shards), "--out", str(out), "--strategy", "cpu", "--precision", "float32"]
+    for s in SMALL:
+        args += ["--set", s]
+    assert main([*args, "--time-budget", "8 hours"]) == 2
+    assert "8h30m" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--time-budget", "1s"]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["status"] == "time budget" and saved["global_step"] == first["global_step"]
+    assert saved["status"] == "time budget" and 1 <= saved["global_step"] < 9
+    assert "train: time budget" in capsys.readouterr().out  # the one-line summary
     assert load_model_dir(out).model.output_shape == (None, 4)  # a usable model folder already
-    summary = train_model(str(shards), out, cfg, progress=False, resume=True)
-    assert summary["status"] == "complete"
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "config.json").read_text())["status"] == "complete"
     pd.testing.assert_frame_equal(_history(out), _history(uninterrupted), rtol=1e-4)
 
 
