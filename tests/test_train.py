@@ -27,8 +27,9 @@ from landmark_kaggle.train import SimulatedCrash, parse_duration, train_model
 BASE = ["data.image_size=32", "train.warmup_epochs=0", "train.learning_rate=0.002", "model.dropout=0",
         "train.batch_size=8", "train.strategy=cpu", "train.precision=float32", "data.deterministic=true",
         "data.shuffle_buffer=64", "data.min_crop_area=0.7", "data.color_jitter=0.1", "train.decay_rate=0.9"]
+# Dropout on, so the resumed runs must also restore the dropout masks' random state.
 SMALL = [*BASE, "model.backbone=MobileNetV3Small", "train.epochs=3", "train.steps_per_epoch=3",
-         "train.checkpoint_every_steps=2"]
+         "train.checkpoint_every_steps=2", "model.dropout=0.3"]
 COMPARED = ["epoch", "lr", "loss", "top1", "top10", "val_loss", "val_top1", "val_top10", "steps"]
 
 

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -169,6 +170,7 @@ class _Trainer:
             "weights": weights, "history": self.history,
             "partial": {"steps": self.step_in_epoch, "logs": partial_logs} if self.step_in_epoch else None,
             "config": _flat(self.cfg), "num_classes": self.num_classes, "steps_per_epoch": self.steps_per_epoch,
+            "seed_states": [np.asarray(v.numpy()).tolist() for v in self._seed_states()],
         }
         tmp = self.ckpt / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -177,6 +179,11 @@ class _Trainer:
             if old.name != weights:
                 old.unlink()
         self.reserve_extra = max(self.reserve_extra, time.monotonic() - t0)
+
+    def _seed_states(self) -> list:
+        # Dropout and stochastic-depth masks come from these counters; Keras's weight files leave them out,
+        # so the checkpoint carries them, or a resumed run would draw other masks than an unbroken one.
+        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
 
     def load_checkpoint(self) -> dict | None:
         path = self.ckpt / STATE_FILE
@@ -227,6 +234,8 @@ class _Trainer:
             if state is not None:
                 self.model.optimizer.build(self.model.trainable_variables)
                 self.model.load_weights(self.ckpt / state["weights"])
+                for var, value in zip(self._seed_states(), state.get("seed_states", []), strict=False):
+                    var.assign(np.asarray(value, dtype=var.dtype))
                 self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
                 self.global_step, self.history, self.partial = state["global_step"], state["history"], state["partial"]
         if self.rt.kind == "multiworker":
