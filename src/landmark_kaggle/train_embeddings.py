@@ -93,13 +93,14 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     counts = index.label_map["count"].to_numpy()
     batch = min(cfg.train.batch_size, int((~held).sum()))
     # Keras walks the arrays in ceil(n / batch) steps an epoch; the schedule must count the same steps.
-    steps = -(-int((~held).sum()) // batch)
+    steps = cfg.train.steps_per_epoch or -(-int((~held).sum()) // batch)
     keras.utils.set_random_seed(cfg.train.seed)
     model = build_embedding_model(cfg, store.dim, index.num_classes)
     compile_model(model, cfg, counts, steps_per_epoch=steps)
     callbacks = [keras.callbacks.BackupAndRestore(str(Path(out_dir) / "checkpoint"))]
     val = (x[held], y[held]) if held.any() else None
     hist = model.fit(x[~held], y[~held], batch_size=batch, epochs=cfg.train.epochs,
+                     steps_per_epoch=cfg.train.steps_per_epoch or None,
                      validation_data=val, callbacks=callbacks, verbose=2 if progress else 0, shuffle=True)
     sched = schedule_from_config(cfg.train, steps)
     history = pd.DataFrame(hist.history)
