@@ -176,3 +176,18 @@ def test_a_class_with_no_usable_embedding_is_reported_and_extra_store_ids_are_co
     assert classes.loc[2, ["images", "clustered", "kept", "status"]].tolist() == [2, 0, 2, "too_small"]
     assert report["classes"]["in"] == 2 and report["images"]["unembedded_kept"] == 2
     assert report["store_ids_not_in_data"] == 1 and report["images"]["removed"] == 0
+
+
+def test_center_reveals_an_outlier_hidden_by_a_common_direction(tmp_path):
+    # Two classes whose embeddings all share one large common component, as a briefly trained
+    # network's do: every pairwise cosine is ~0.99, so eps=0.33 sees one blob per class.
+    common = 20 * _unit(0)
+    a = np.vstack([common + _unit(1, 0.05, seed=s) for s in range(5)] + [common + _unit(3)])
+    b = np.vstack([common + _unit(2, 0.05, seed=s + 10) for s in range(5)])
+    rows = [(f"{i:016x}", 1) for i in range(6)] + [(f"{i + 6:016x}", 2) for i in range(5)]
+    data, store = _write(tmp_path, rows, np.vstack([a, b]))
+    plain = clean_dataset(store, data, tmp_path / "plain", sheets=0, jobs=1, progress=False)
+    centred = clean_dataset(store, data, tmp_path / "centred", sheets=0, jobs=1, progress=False, center=True)
+    assert plain["images"]["removed"] == 0
+    got = pd.read_csv(tmp_path / "centred" / "outliers.csv", dtype={"id": str})
+    assert got["id"].tolist() == [rows[5][0]] and centred["settings"]["center"] is True

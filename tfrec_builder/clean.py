@@ -8,6 +8,9 @@ by default). Rules:
   * classes with fewer than --min-class-size images (default 3) are not touched;
   * images whose embedding is NaN/inf/zero (e.g. unreadable at embed time) are
     not clustered and are kept; they are counted and listed in report.json.
+--center subtracts the store's mean embedding first: features of a briefly
+trained network share one large common direction (pairwise cosine ~0.999 on
+the sample), which hides the differences DBSCAN needs.
 --eps auto picks eps per class at the knee of the k-distance curve (within
 0.5x..2x of 0.33); the chosen eps of every class is in classes.csv and report.json.
 
@@ -45,12 +48,13 @@ FINITE_CHUNK = 65536
 
 
 def _cluster_task(store_path: str, classes: list[tuple[int, np.ndarray]], eps: float, auto: bool,
-                  min_samples: int, metric: str) -> list[tuple[int, float, np.ndarray]]:
+                  min_samples: int, metric: str, mean: np.ndarray | None = None) -> list[tuple[int, float, np.ndarray]]:
     """Cluster a batch of classes; opens its own memory map so only its rows are read."""
     matrix = np.load(Path(store_path) / MATRIX, mmap_mode="r")
     out = []
     for landmark_id, rows in classes:
-        x = cluster.prepare(matrix[rows], metric)
+        x = matrix[rows] if mean is None else np.asarray(matrix[rows], np.float32) - mean
+        x = cluster.prepare(x, metric)
         class_eps = cluster.auto_eps(x, eps, min_samples, metric) if auto else eps
         out.append((landmark_id, class_eps, cluster.dbscan_labels(x, class_eps, min_samples, metric)))
     del matrix
@@ -70,19 +74,25 @@ def _tasks(groups: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndar
     return tasks + ([cur] if cur else [])
 
 
-def _usable_store_rows(store_path: Path, count: int) -> np.ndarray:
+def _usable_store_rows(store_path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Per store row: is the embedding finite and non-zero (cosine is undefined for a zero vector)?
+    Also returns the mean of the usable rows, for ``center``.
 
     Read sequentially through a short-lived memory map per chunk, so the pages
     read do not stay resident in this process while the workers cluster.
     """
     ok = np.empty(count, dtype=bool)
+    total = None
     for s in range(0, count, FINITE_CHUNK):
         matrix = np.load(Path(store_path) / MATRIX, mmap_mode="r")
         block = np.asarray(matrix[s:s + FINITE_CHUNK], dtype=np.float32)
         del matrix
-        ok[s:s + len(block)] = np.isfinite(block).all(axis=1) & (np.abs(block).max(axis=1) > 0)
-    return ok
+        good = np.isfinite(block).all(axis=1) & (np.abs(block).max(axis=1) > 0)
+        ok[s:s + len(block)] = good
+        part = block[good].sum(axis=0, dtype=np.float64)
+        total = part if total is None else total + part
+    mean = (total / max(int(ok.sum()), 1)).astype(np.float32) if total is not None else None
+    return ok, mean
 
 
 def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -106,7 +116,7 @@ def _noise_scores(data_dir: Path, ids: pd.Series, removed: set[str]) -> dict | N
 
 def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_EPS, min_samples: int = 2,
                   metric: str = "cosine", min_class_size: int = 3, sheets: int = 8, jobs: int | None = None,
-                  seed: int = 0, progress: bool = True) -> dict:
+                  seed: int = 0, progress: bool = True, center: bool = False) -> dict:
     """Cluster every class, write outliers.csv, classes.csv, report.json and contact sheets; return the report."""
     start = time.time()
     auto = str(eps).lower() == "auto"
@@ -125,7 +135,8 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
         rows = store.rows_for(frame["id"].to_numpy())
     except StoreError as exc:
         raise StoreError(f"{exc} [data: {index.source}]") from None
-    usable = _usable_store_rows(store.path, len(store))[rows]
+    usable_all, mean = _usable_store_rows(store.path, len(store))
+    usable = usable_all[rows]
 
     groups, too_small = [], []
     lids = frame["landmark_id"].to_numpy()
@@ -143,7 +154,8 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
     bar = tqdm(total=int(sum(len(m) for _, m in groups)), unit="img", desc="clean", disable=not progress)
     results = {}
     runner = Parallel(n_jobs=min(jobs, max(len(tasks), 1)), return_as="generator_unordered")
-    for batch in runner(delayed(_cluster_task)(str(store.path), t, base_eps, auto, min_samples, metric)
+    for batch in runner(delayed(_cluster_task)(str(store.path), t, base_eps, auto, min_samples, metric,
+                                               mean if center else None)
                         for t in tasks):
         for lid, class_eps, labels in batch:
             results[lid] = (class_eps, labels)
@@ -194,7 +206,8 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
         sheet_paths = write_contact_sheets(frame, outliers, out_dir / "sheets", count=sheets, seed=seed)
     report = _report(frame, classes, outliers, unembedded, store, index.source, data_dir, out_dir, sheet_paths,
                      dict(eps="auto" if auto else base_eps, min_samples=min_samples, metric=metric,
-                          min_class_size=min_class_size, jobs=jobs, sklearn_max_class=cluster.SKLEARN_MAX))
+                          min_class_size=min_class_size, jobs=jobs, sklearn_max_class=cluster.SKLEARN_MAX,
+                          center=center))
     report["seconds"] = round(time.time() - start, 3)
     tmp = out_dir / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -245,6 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default="cosine", choices=cluster.METRICS, help="distance (default cosine)")
     parser.add_argument("--min-class-size", type=int, default=3,
                         help="classes with fewer images are not touched (default 3)")
+    parser.add_argument("--center", action="store_true",
+                        help="subtract the mean embedding of the whole store before clustering: for embeddings that "
+                             "share one large common direction (a briefly trained model: self-cleaning)")
     parser.add_argument("--sheets", type=int, default=8, help="contact sheets to draw (default 8; 0: none)")
     parser.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
     parser.add_argument("--seed", type=int, default=0, help="which classes get contact sheets")
@@ -259,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--eps must be a number or 'auto', got {args.eps!r}") from None
     r = clean_dataset(args.embeddings, args.data, args.out, eps=eps, min_samples=args.min_samples,
                       metric=args.metric, min_class_size=args.min_class_size, sheets=args.sheets,
-                      jobs=args.jobs or None, seed=args.seed)
+                      jobs=args.jobs or None, seed=args.seed, center=args.center)
     noise = r["noise"]
     tail = ""
     if noise:

@@ -51,12 +51,16 @@ class Plan:
 def read_outliers(path: str | os.PathLike, train: pd.DataFrame) -> pd.DataFrame:
     """``clean/outliers.csv`` (id,landmark_id,cluster,reason), checked row by row against the train index."""
     path = Path(path)
-    frame = gld._read_csv(path, OUTLIER_COLUMNS) if path.stat().st_size else pd.DataFrame(columns=OUTLIER_COLUMNS)
+    # A header alone (or an empty file) means clean found no outliers.
+    if path.stat().st_size:
+        frame = gld.read_checked_csv(path, OUTLIER_COLUMNS, allow_empty=True)
+    else:
+        frame = pd.DataFrame(columns=OUTLIER_COLUMNS)
     if frame.empty:
         return frame
     ids = frame["id"].str.strip()
-    gld._check_ids(ids, path)
-    landmark_ids = gld._parse_landmark_ids(frame["landmark_id"], path)
+    gld.check_ids(ids, path)
+    landmark_ids = gld.parse_landmark_ids(frame["landmark_id"], path)
     known = train.set_index("id")["landmark_id"]
     present = ids.isin(known.index).to_numpy()
     if not present.all():

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kernels": ("landmark_kaggle.kernels", "bundle the package and model as Kaggle datasets; render and push kernels"),
     "subset": ("landmark_kaggle.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
     "score": ("landmark_kaggle.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),
+    "dry-run": ("landmark_kaggle.dryrun", "every stage on a data subset (embedded sample by default), GAP at the end"),
 }
 
 DESCRIPTION = """\

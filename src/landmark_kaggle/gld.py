@@ -87,7 +87,7 @@ def hex_id_mask(values: np.ndarray) -> np.ndarray:
     return is_hex.all(axis=1) & (m[:, 16] == 0)
 
 
-def _check_ids(ids: pd.Series, source: Path) -> None:
+def check_ids(ids: pd.Series, source: Path) -> None:
     bad = ~hex_id_mask(ids.to_numpy())
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
@@ -105,7 +105,8 @@ def _check_ids(ids: pd.Series, source: Path) -> None:
         )
 
 
-def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+def read_checked_csv(path: Path, columns: list[str], allow_empty: bool = False) -> pd.DataFrame:
+    """Read a CSV as text with exactly ``columns``; errors name the file (and line 1 for the header)."""
     if not path.is_file():
         raise GLDError(f"{path}: file not found")
     try:
@@ -125,12 +126,12 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
             parts.append(f"unexpected column(s) {', '.join(extra)}")
         raise GLDError(f"{path}: line 1: {'; '.join(parts)} (expected header {','.join(columns)})")
     frame.columns = got
-    if frame.empty:
+    if frame.empty and not allow_empty:
         raise GLDError(f"{path}: the CSV has a header but no rows")
     return frame[columns]
 
 
-def _parse_landmark_ids(values: pd.Series, source: Path) -> np.ndarray:
+def parse_landmark_ids(values: pd.Series, source: Path) -> np.ndarray:
     raw = _ascii(values.to_numpy(dtype=object), 19)
     ok = np.char.isdigit(raw) if raw is not None else values.str.fullmatch(r"\d+").to_numpy(bool)
     if not ok.all():
@@ -144,16 +145,16 @@ def _parse_landmark_ids(values: pd.Series, source: Path) -> np.ndarray:
 def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     """``train.csv`` → frame(id, landmark_id), validated."""
     path = Path(path)
-    frame = _read_csv(path, ["id", "landmark_id"])
-    _check_ids(frame["id"], path)
-    return pd.DataFrame({"id": frame["id"].to_numpy(), "landmark_id": _parse_landmark_ids(frame["landmark_id"], path)})
+    frame = read_checked_csv(path, ["id", "landmark_id"])
+    check_ids(frame["id"], path)
+    return pd.DataFrame({"id": frame["id"].to_numpy(), "landmark_id": parse_landmark_ids(frame["landmark_id"], path)})
 
 
 def read_train_clean_csv(path: str | os.PathLike) -> pd.DataFrame:
     """``train_clean.csv`` (``landmark_id,images``) → frame(id, landmark_id), one row per image."""
     path = Path(path)
-    frame = _read_csv(path, ["landmark_id", "images"])
-    landmark_ids = _parse_landmark_ids(frame["landmark_id"], path)
+    frame = read_checked_csv(path, ["landmark_id", "images"])
+    landmark_ids = parse_landmark_ids(frame["landmark_id"], path)
     lists = frame["images"].str.split()
     empty = (lists.str.len() == 0).to_numpy()
     if empty.any():
@@ -189,8 +190,8 @@ def write_label_map(label_map: pd.DataFrame, path: str | os.PathLike) -> Path:
 def read_label_map(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check ``label_map.csv``: labels must be exactly 0..C-1 and landmark ids ascending."""
     path = Path(path)
-    frame = _read_csv(path, LABEL_MAP_COLUMNS)
-    out = pd.DataFrame({c: _parse_landmark_ids(frame[c], path) for c in LABEL_MAP_COLUMNS})
+    frame = read_checked_csv(path, LABEL_MAP_COLUMNS)
+    out = pd.DataFrame({c: parse_landmark_ids(frame[c], path) for c in LABEL_MAP_COLUMNS})
     wrong = np.flatnonzero(out["label"].to_numpy() != np.arange(len(out)))
     if len(wrong):
         raise GLDError(f"{path}: line {_line(wrong[0])}: labels must be 0..C-1 in order")
@@ -248,9 +249,9 @@ def load_test_index(root: str | os.PathLike) -> GLDIndex:
     root = Path(root)
     source = root / SAMPLE_SUBMISSION_CSV
     if source.is_file():
-        frame = _read_csv(source, ["id", "landmarks"])
+        frame = read_checked_csv(source, ["id", "landmarks"])
         ids = frame["id"]
-        _check_ids(ids, source)
+        check_ids(ids, source)
     else:
         test_dir = root / "test"
         if not test_dir.is_dir():
@@ -259,7 +260,7 @@ def load_test_index(root: str | os.PathLike) -> GLDIndex:
         if ids.empty:
             raise GLDError(f"{test_dir}: no images at test/a/b/c/<id>.jpg")
         source = test_dir
-        _check_ids(ids, source)
+        check_ids(ids, source)
     out = pd.DataFrame({"id": ids.to_numpy(), "landmark_id": -1, "label": -1})
     out["path"] = _paths(root, "test", out["id"])
     return GLDIndex(root=root, split="test", frame=out, label_map=make_label_map([]), source=source)
