@@ -171,6 +171,14 @@ def test_outliers_are_removed_and_counted(sample, tmp_path):
         write_dataset(sample, tmp_path / "out2", outliers=tmp_path / "bad.csv", workers=1, progress=False)
 
 
+def test_header_only_outliers_file_removes_nothing(sample, tmp_path):
+    # clean writes just the header when it finds no outlier; that is a valid, empty list.
+    (tmp_path / "outliers.csv").write_text("id,landmark_id,cluster,reason\n")
+    m = write_dataset(sample, tmp_path / "out", outliers=tmp_path / "outliers.csv", image_size=56, shard_mb=1,
+                      val_fraction=0.25, workers=1, progress=False)
+    assert m["removed"] == 0 and sum(m["written"].values()) + m["failed"] == m["input"]
+
+
 def test_partitioned_workers_equal_one_worker(sample, built, tmp_path):
     out, _ = built
     kw = dict(image_size=56, shard_mb=0.004, val_fraction=0.25, workers=1, progress=False)

@@ -1,0 +1,44 @@
+"""dry-run --quick end to end: every stage runs, the report's figures are sane, the submission is valid."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from landmark_kaggle.submission import read_submission, validate_submission
+
+STAGES = ["sample", "stats", "write noisy", "train noisy", "embed", "clean", "write", "verify", "train",
+          "embed-index", "predict", "predict+retrieval", "score"]
+
+
+@pytest.mark.slow
+def test_quick_dry_run_end_to_end(tmp_path):
+    out = tmp_path / "dry"
+    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "dry-run", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "short first training on the noisy data" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == STAGES
+    assert all(s["seconds"] >= 0 and s["figure"] for s in report["stages"])
+
+    m = report["manifest"]
+    assert m["balanced"] and sum(m["written"].values()) + m["removed"] + m["failed"] == m["input"]
+    assert m["removed"] == report["clean"]["removed"] == len(pd.read_csv(out / "clean" / "outliers.csv"))
+    noise = report["clean"]["noise"]
+    assert noise["listed"] > 0 and 0 <= noise["recall"] <= 1
+    assert 0 <= report["gap"] <= 1 and 0 <= report["gap_retrieval"] <= 1
+    for k in ("val_top1", "val_top10", "val_top100"):
+        assert 0 <= report["train"][k] <= 1
+    assert report["train"]["val_top1"] <= report["train"]["val_top10"] <= report["train"]["val_top100"]
+
+    solution = pd.read_csv(out / "data" / "solution.csv", dtype=str)
+    for name in ("submission.csv", "submission_retrieval.csv"):
+        validate_submission(read_submission(out / name), solution["id"].tolist(), source=out / name)
+    md = (out / "report.md").read_text()
+    assert f"{report['gap']:.4f}" in md and "plots/images_per_landmark.png" in md
+    for line in md.splitlines():
+        if line.startswith("- [") and line.endswith(".png)"):
+            assert (out / line.split("](", 1)[1][:-1]).is_file()
