@@ -1,11 +1,11 @@
 """The tf.data pipeline on real JPEGs: decode, eval path, stateless augmentation, exact resume by step."""
 
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REALDATA
 from trainutil import make_shards
 
 from landmark_kaggle.config import config_from_dict
@@ -18,7 +18,7 @@ from landmark_kaggle.pipeline import (
     train_transform,
 )
 
-REAL = Path("/work/shared/realdata/gldv2-test-images")
+REAL = REALDATA
 
 
 @pytest.fixture(scope="module")

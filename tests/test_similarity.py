@@ -2,16 +2,16 @@
 
 import json
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REALDATA
 
 from tfrec_builder import cli
 from tfrec_builder.backends import build_backend, l2_normalize
 from tfrec_builder.similarity import load_images, pair_names, similarity_table
 
-REAL = sorted(Path("/work/shared/realdata/gldv2-test-images").glob("*.jpg"))[:3]
+REAL = sorted(REALDATA.glob("*.jpg"))[:3]
 APP = "keras:MobileNetV3Small"
 
 

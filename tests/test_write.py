@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import REALDATA
 from PIL import Image
 
 from landmark_kaggle import gld, records
@@ -26,7 +27,7 @@ from tfrec_builder.plan import split_validation
 from tfrec_builder.verify import verify_dataset
 from tfrec_builder.write import write_dataset
 
-REAL = Path("/work/shared/realdata/gldv2-test-images")
+REAL = REALDATA
 COMPARED = ("label_map.csv", "manifest.json", "dataset-metadata.json")
 
 
