@@ -9,7 +9,7 @@
    GLDv2 (100k test queries × 1.58M training rows) and whether it fits a 9-hour
    kernel on this CPU.
 
-Inputs are the real GLDv2 test JPEGs in /work/shared/realdata (copied under new
+Inputs are the real GLDv2 test JPEGs in shared/realdata beside the checkout (copied under new
 ids to make enough images). Usage: python benchmarks/predict.py [--size 224]
 """
 
@@ -30,7 +30,8 @@ from landmark_kaggle.model import build_model, save_model_dir
 from landmark_kaggle.predict import image_dataset, iterate_batches, list_images, load_for_inference
 from landmark_kaggle.retrieval import search
 
-REAL = Path("/work/shared/realdata/gldv2-test-images")
+# shared/ lies beside the checkout.
+REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
 KAGGLE_BUDGET_S = 9 * 3600
 
 

@@ -32,7 +32,8 @@ from landmark_kaggle import gld
 from tfrec_builder.plan import make_plan
 from tfrec_builder.write import write_dataset
 
-REAL = Path("/work/shared/realdata/gldv2-test-images")
+# shared/ lies beside the checkout.
+REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
 
 
 def make_folder(root: Path, sources: list[Path], copies: int) -> list[str]:
