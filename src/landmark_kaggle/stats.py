@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         target = Path(args.plot) if args.plot else Path(args.data) / "stats" / "images_per_landmark.png"
         if not args.plot and not os.access(Path(args.data), os.W_OK):
-            target = Path("images_per_landmark.png")  # read-only inputs, as /kaggle/input is
+            target = Path("images_per_landmark.png")  # read-only inputs, as Kaggle mounts its datasets
         stats["plot"] = str(plot_histogram(index.label_map["count"].to_numpy(), target))
     print(json.dumps(stats, sort_keys=True) if args.json else format_table(stats))
     return 0
