@@ -11,6 +11,12 @@ with ``tfrec-builder``'s ``write_dataset``, then measures in one run:
 The goal is (3) ≥ 0.9 × (2): the pipeline never starves the model.
 
     python benchmarks/train.py [--backbone EfficientNetV2S] [--image-size 64] [--batch 16] [--steps 20]
+                               [--precision auto|float32|mixed_float16|mixed_bfloat16]
+
+On a GPU machine, the poster's setting with pre-resized shards, once per precision:
+
+    python benchmarks/train.py --image-size 384 --source-size 384 --batch 64 --steps 50 --precision mixed_float16
+    python benchmarks/train.py --image-size 384 --source-size 384 --batch 64 --steps 50 --precision mixed_bfloat16
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from landmark_kaggle.config import config_from_dict
+from landmark_kaggle.distribute import setup_runtime
 from landmark_kaggle.model import build_model
 from landmark_kaggle.pipeline import build_dataset, read_data_label_map
 from landmark_kaggle.sample import make_sample
@@ -44,6 +51,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--classes", type=int, default=12)
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                    help="Keras dtype policy (auto: bf16 on TPU, fp16 on GPU, float32 on CPU)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,13 +77,15 @@ def main() -> None:
             next(it)
         pipe = n * args.batch / (time.perf_counter() - t0)
 
-        model = build_model(cfg, classes, steps_per_epoch=args.steps)
+        rt = setup_runtime("auto", args.precision)
+        with rt.strategy.scope():
+            model = build_model(cfg, classes, steps_per_epoch=args.steps)
         cached = tf.data.Dataset.from_tensors(next(iter(stream()))).repeat()
         step = _fit_rate(model, cached, args.steps, args.batch)
         both = _fit_rate(model, stream(), args.steps, args.batch)
 
     print(f"backbone {args.backbone}, {args.image_size} px from {args.source_size} px JPEGs, batch {args.batch}, "
-          f"{args.steps} steps, {classes} classes")
+          f"{args.steps} steps, {classes} classes, {rt.precision} on {rt.kind} ({rt.replicas} replica(s))")
     print(f"pipeline alone      {pipe:9.1f} images/s")
     print(f"train step alone    {step:9.1f} images/s (cached batch)")
     print(f"pipeline + step     {both:9.1f} images/s")
