@@ -60,6 +60,8 @@ def test_train_csv_preferred_over_clean(tmp_path):
     (f"id,landmark_id\n{A},1\n{B},seven\n", r"train.csv: line 3: landmark_id 'seven' is not a non-negative integer"),
     (f"id,landmark_id\n{A},1\n{B},-4\n", r"train.csv: line 3: landmark_id '-4'"),
     (f"id,landmark_id\n{A},1.5\n", r"train.csv: line 2: landmark_id '1.5'"),
+    (f"id,landmark_id\n{A},1\n{B},1234567890123456789012\n", r"line 3: landmark_id '1234567890123456789012'"),
+    (f"id,landmark_id\n{A},1\n{B},\u0663\n", r"line 3: landmark_id '\u0663'"),
     (f"id,landmark_id\n{A},1\nABCDEF0123456789,2\n", r"line 3: id 'ABCDEF0123456789' is not 16 lowercase hex"),
     (f"id,landmark_id\n{A[:-1]},1\n", r"train.csv: line 2: id '0123456789abcde' is not 16"),
     (f"id,landmark_id\n{A},1\n{B},2\n{A},3\n", r"line 4: duplicate id 0123456789abcdef \(first seen on line 2"),

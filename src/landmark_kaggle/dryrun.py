@@ -17,7 +17,7 @@ import json
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from landmark_kaggle.clibase import UserError
@@ -31,7 +31,7 @@ class Plan:
     train_epochs: int
     sample_classes: int
     sample_max: int
-    overrides: tuple[str, ...] = field(default=())
+    overrides: tuple[str, ...] = ()
 
 
 # Both modes fit the time goals measured on a 2-core CPU (benchmarks/RESULTS.md).

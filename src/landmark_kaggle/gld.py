@@ -132,8 +132,13 @@ def read_checked_csv(path: Path, columns: list[str], allow_empty: bool = False) 
 
 
 def parse_landmark_ids(values: pd.Series, source: Path) -> np.ndarray:
+    # 19 bytes hold up to 18 digits plus one that must stay empty: a longer value would be cut to
+    # fit and pass as a different number, and 18 digits always fit in int64.
     raw = _ascii(values.to_numpy(dtype=object), 19)
-    ok = np.char.isdigit(raw) if raw is not None else values.str.fullmatch(r"\d+").to_numpy(bool)
+    if raw is None:  # non-ASCII text: never a landmark id (and \d would accept other scripts' digits)
+        ok = values.str.fullmatch(r"[0-9]{1,18}").to_numpy(bool)
+    else:
+        ok = np.char.isdigit(raw) & (np.char.str_len(raw) <= 18)
     if not ok.all():
         pos = int(np.flatnonzero(~ok)[0])
         raise GLDError(
