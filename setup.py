@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "scikit-image==0.26.0",
     "PyYAML==6.0.4",
+    # Hardware CRC-32C for the shard writer's TFRecord framing (tfrec_builder/tfrecord.py).
+    "google-crc32c==1.9.0",
 ]
 
 EXTRAS_REQUIRE = {
