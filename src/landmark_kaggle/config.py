@@ -75,6 +75,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
     seed: int = 0
     time_budget: str = ""  # e.g. "8h30m"; empty: no budget
+    # train-embeddings only: share of classes in each step's softmax (Partial FC); 1.0: full softmax,
+    # 0: auto (0.1 above 20,000 classes, else 1.0). Validation and the saved model always use every class.
+    class_sample: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Config:
             ("train.checkpoint_every_steps", self.train.checkpoint_every_steps >= 0, "must be >= 0"),
             ("train.strategy", self.train.strategy in ("auto", "tpu", "mirrored", "multiworker", "cpu"),
              "must be one of auto, tpu, mirrored, multiworker, cpu"),
+            ("train.class_sample", 0 <= self.train.class_sample <= 1, "must be in [0, 1] (0: auto)"),
             ("train.precision", self.train.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
              "must be one of auto, float32, mixed_bfloat16, mixed_float16"),
             ("inference.batch_size", self.inference.batch_size >= 1, "must be >= 1"),

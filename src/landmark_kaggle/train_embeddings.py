@@ -8,6 +8,15 @@ labelled images without a stored vector are counted and reported, never
 dropped silently. A fixed fraction of images (by id hash) is held out for the
 top-k validation metrics. Writes MODEL_DIR with model.keras (input: one
 embedding vector), config.json, label_map.csv, history.csv and plots/.
+
+With many classes (GLDv2: 81,313) training uses Partial FC (An et al. 2021,
+`partial_fc.py`, `train.class_sample`): each step computes the cosine logits
+and the ArcFace softmax only over the classes in its batch plus random other
+classes, ~10% of them, instead of all of them, which is what makes an epoch
+over 1.58M vectors take minutes on a CPU. The margin still applies to each
+row's own class; validation top-k and the saved model use every class.
+`--set train.class_sample=1.0` trains with the full softmax instead (the
+default, 0, means 0.1 above 20,000 classes and 1.0 below).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import numpy as np
 from landmark_kaggle.config import add_config_arguments, load_config
 
 DEFAULT_HIDDEN = 512
+# The dense AdamW update of the 41.6M-parameter GLDv2 classifier is paid once a step, so big batches amortise it.
+DEFAULT_BATCH = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="GLD_DIR", help="GLDv2 folder with train.csv (the labels)")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model folder")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
+                        help=f"vectors a step (default {DEFAULT_BATCH}; sets train.batch_size over the config "
+                             "file, a --set train.batch_size=… still wins)")
     add_config_arguments(parser)
 
 
@@ -56,6 +70,28 @@ def build_embedding_model(cfg, input_dim: int, num_classes: int):
     return keras.Model(inputs, logits, name="landmark_embedding_arcface")
 
 
+def make_trainer(model, cfg, class_counts=None, *, steps_per_epoch: int, batch_size: int):
+    """What ``fit`` runs: ``model`` compiled as is (full softmax) or a Partial FC trainer around it; and K.
+
+    K is the classes one training step sees (all of them for the full
+    softmax). Either way validation metrics are top-k over every class.
+    """
+    from landmark_kaggle.model import compile_model, make_loss, make_optimizer, topk_metrics
+    from landmark_kaggle.partial_fc import PartialFCTrainer, resolve_rate, sample_size
+
+    num_classes = int(model.output_shape[-1])
+    k = sample_size(num_classes, resolve_rate(cfg.train.class_sample, num_classes), batch_size)
+    if k >= num_classes:
+        compile_model(model, cfg, class_counts, steps_per_epoch=steps_per_epoch)
+        return model, num_classes
+    loss = make_loss(cfg, class_counts)
+    trainer = PartialFCTrainer(model, num_sampled=k, scale=loss.scale, margin=loss.margin, margins=loss.margins,
+                               easy_margin=loss.easy_margin, seed=cfg.train.seed)
+    trainer.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss,
+                    weighted_metrics=topk_metrics(num_classes), jit_compile=False)
+    return trainer, k
+
+
 def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: float = 0.05,
                         progress: bool = True) -> dict:
     """Train the Figure 6 model; returns a summary with counts, history and the model folder."""
@@ -65,7 +101,7 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     from landmark_kaggle.clibase import UserError
     from landmark_kaggle.embstore import open_store
     from landmark_kaggle.gld import load_train_index
-    from landmark_kaggle.model import compile_model, save_model_dir
+    from landmark_kaggle.model import save_model_dir
     from landmark_kaggle.plots import plot_history
     from landmark_kaggle.schedule import schedule_from_config
 
@@ -96,10 +132,10 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     steps = cfg.train.steps_per_epoch or -(-int((~held).sum()) // batch)
     keras.utils.set_random_seed(cfg.train.seed)
     model = build_embedding_model(cfg, store.dim, index.num_classes)
-    compile_model(model, cfg, counts, steps_per_epoch=steps)
+    trainer, sampled = make_trainer(model, cfg, counts, steps_per_epoch=steps, batch_size=batch)
     callbacks = [keras.callbacks.BackupAndRestore(str(Path(out_dir) / "checkpoint"))]
     val = (x[held], y[held]) if held.any() else None
-    hist = model.fit(x[~held], y[~held], batch_size=batch, epochs=cfg.train.epochs,
+    hist = trainer.fit(x[~held], y[~held], batch_size=batch, epochs=cfg.train.epochs,
                      steps_per_epoch=cfg.train.steps_per_epoch or None,
                      validation_data=val, callbacks=callbacks, verbose=2 if progress else 0, shuffle=True)
     sched = schedule_from_config(cfg.train, steps)
@@ -113,14 +149,15 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     plot_history(history, sched.by_epoch, cfg.train.epochs, out / "plots")
     summary = {"trained_on": int((~held).sum()), "validated_on": int(held.sum()), "store_rows_without_label": no_label,
                "images_without_vector": no_vector, "unreadable_rows": unreadable,
-               "num_classes": index.num_classes, "epochs": len(history),
+               "num_classes": index.num_classes, "classes_per_step": sampled, "batch_size": batch,
+               "epochs": len(history),
                "history": history.to_dict("records"), "model_dir": str(out),
                "seconds": round(time.monotonic() - t0, 1)}
     if progress:
         last = summary["history"][-1]
         print(f"train-embeddings: {summary['trained_on']} train / {summary['validated_on']} validation vectors, "
               f"skipped: {no_label} store rows without a label, {no_vector} labelled images without a vector, "
-              f"{unreadable} NaN rows; "
+              f"{unreadable} NaN rows; batch {batch}, softmax over {sampled} of {index.num_classes} classes a step; "
               f"loss {last['loss']:.4f}, val top1 {last.get('val_top1', float('nan')):.4f}, "
               f"{summary['seconds']:.0f} s → {out}")
     return summary
@@ -131,6 +168,8 @@ def run(args) -> int:
 
     if not 0 <= args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
-    cfg = load_config(args.config, args.overrides)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be >= 1")
+    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
     train_on_embeddings(args.embeddings, args.data, args.out, cfg, val_fraction=args.val_fraction)
     return 0
