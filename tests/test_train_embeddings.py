@@ -1,6 +1,7 @@
 """Partial FC for train-embeddings: the class sample, the remapped labels, the subset ArcFace loss, training, saving."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -212,3 +213,20 @@ def test_train_embeddings_samples_classes_and_writes_a_plain_model(tmp_path):
     assert "top1" not in history and history["val_top1"].iloc[-1] >= 0.8  # chance is 1/80
     bundle = load_model_dir(tmp_path / "model")
     assert bundle.model.output_shape == (None, 80) and bundle.model.input_shape == (None, 24)
+
+
+def test_cli_batch_size_defaults_to_4096_and_a_set_override_wins(tmp_path, capsys):
+    from landmark_kaggle.cli import main
+
+    write_gld(tmp_path, 30, 6, 8)
+    common = ["train-embeddings", "--embeddings", str(tmp_path / "store"), "--data", str(tmp_path / "gld"),
+              "--set", "train.epochs=1", "--set", "model.embedding_dim=8"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    trained = re.search(r"(\d+) train / \d+ validation", out).group(1)
+    assert f"batch {trained}, softmax over 30 of 30 classes a step" in out  # 4096, capped at the data
+    assert pd.read_json(tmp_path / "a" / "config.json", typ="series")["train"]["batch_size"] == 4096
+    assert main([*common, "--out", str(tmp_path / "b"), "--batch-size", "16", "--set", "train.batch_size=8"]) == 0
+    assert pd.read_json(tmp_path / "b" / "config.json", typ="series")["train"]["batch_size"] == 8
+    assert main([*common, "--out", str(tmp_path / "c"), "--batch-size", "0"]) == 2
+    assert "--batch-size 0 must be >= 1" in capsys.readouterr().err

@@ -33,6 +33,8 @@ from landmark_kaggle.config import add_config_arguments, load_config
 DEFAULT_HIDDEN = 512
 # The dense AdamW update of the 41.6M-parameter GLDv2 classifier is paid once a step, so big batches amortise it.
 DEFAULT_BATCH = 4096
+# Validation builds several batch × classes float32 tensors (1.3 GB each at 4096 × 81,313): keep its batch small.
+VAL_BATCH = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,8 +138,9 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     callbacks = [keras.callbacks.BackupAndRestore(str(Path(out_dir) / "checkpoint"))]
     val = (x[held], y[held]) if held.any() else None
     hist = trainer.fit(x[~held], y[~held], batch_size=batch, epochs=cfg.train.epochs,
-                     steps_per_epoch=cfg.train.steps_per_epoch or None,
-                     validation_data=val, callbacks=callbacks, verbose=2 if progress else 0, shuffle=True)
+                       steps_per_epoch=cfg.train.steps_per_epoch or None, validation_data=val,
+                       validation_batch_size=min(batch, VAL_BATCH), callbacks=callbacks,
+                       verbose=2 if progress else 0, shuffle=True)
     sched = schedule_from_config(cfg.train, steps)
     history = pd.DataFrame(hist.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1) + cfg.train.epochs - len(history))
