@@ -3,16 +3,18 @@
 The input is the 13 real GLDv2 test photos (489–800 px, 31–129 KB) each copied
 under many ids into a GLDv2 folder. All rates are measured in one run. Before
 each timed row the input files are evicted from the page cache
-(``posix_fadvise(DONTNEED)`` on our files only), so the bare read (open + read
-of every file, one process) and every write read from disk; the warm-cache read
-is shown too. Then ``write_dataset`` with ``--image-size 800`` (every file
-already fits: the copy path) and ``--image-size 256`` (every file is decoded,
-resized and re-encoded), each with 1 and with 2 worker processes. One worker
-runs in this process; two workers are a spawned pool whose start-up is measured
-separately and shown both included and subtracted. TensorFlow (which the
-writing process needs for ``tf.io.TFRecordWriter``) is imported before timing;
-its import time is printed. Each write row is the best of ``--repeat`` runs,
-because the shared machine's load varies from second to second.
+(``posix_fadvise(DONTNEED)`` on our files only), so the bare reads and every
+write read from disk; the warm-cache read is shown too. The bare read is
+measured three ways, open + read of every file in one thread, in two threads,
+and in one thread with the kernel told to read ``HINT_WINDOW`` files ahead (how
+``write`` reads), and the fastest is the baseline the writes are held to.
+Then ``write_dataset`` with ``--image-size 800`` (every file already fits: the
+copy path) and ``--image-size 256`` (every file is decoded, resized and
+re-encoded), each with 1 and with 2 worker processes. One worker runs in this
+process; two workers are a spawned pool whose start-up is measured separately
+and shown both included and subtracted. Each write row is the best of
+``--repeat`` runs, because a shared machine's load varies from second to
+second.
 
     python benchmarks/write.py [--copies 100] [--realdata DIR]
 """
@@ -30,6 +32,8 @@ import pandas as pd
 
 from landmark_kaggle import gld
 from tfrec_builder.plan import make_plan
+from tfrec_builder.shard import HINT_WINDOW, read_ahead
+from tfrec_builder.tfrecord import google_crc32c
 from tfrec_builder.write import write_dataset
 
 # shared/ lies beside the checkout.
@@ -59,6 +63,20 @@ def read_all(paths: list[str]) -> int:
     return total
 
 
+def read_threaded(paths: list[str], threads: int, chunk: int = 32) -> int:
+    """Merely read the files, chunk by chunk, in ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(read_all, chunks))
+
+
+def read_hinted(paths: list[str]) -> int:
+    """Merely read the files in turn with the kernel told to read ahead: write's own reading without the work."""
+    return sum(len(d) for d in read_ahead(paths))
+
+
 def evict(paths: list[str]) -> None:
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
@@ -70,7 +88,7 @@ def evict(paths: list[str]) -> None:
 
 
 def _warm(_):
-    import tfrec_builder.write  # noqa: F401  (what a write worker imports: TensorFlow, OpenCV)
+    import tfrec_builder.shard  # noqa: F401  (all that a write worker imports: OpenCV, NumPy)
 
     return os.getpid()
 
@@ -99,10 +117,6 @@ def main() -> None:
     parser.add_argument("--realdata", default=str(REAL))
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    t0 = time.perf_counter()
-    import tensorflow  # noqa: F401
-
-    t_tf = time.perf_counter() - t0
     sources = sorted(Path(args.realdata).glob("*.jpg"))
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +126,16 @@ def main() -> None:
         evict(paths)
         t0 = time.perf_counter()
         nbytes = read_all(paths)
-        t_read = time.perf_counter() - t0
+        t_read1 = time.perf_counter() - t0
+        evict(paths)
+        t0 = time.perf_counter()
+        read_threaded(paths, 2)
+        t_read_mt = time.perf_counter() - t0
+        evict(paths)
+        t0 = time.perf_counter()
+        read_hinted(paths)
+        t_read_hint = time.perf_counter() - t0
+        t_read = min(t_read1, t_read_mt, t_read_hint)
         t0 = time.perf_counter()
         read_all(paths)
         t_warm = time.perf_counter() - t0
@@ -130,8 +153,12 @@ def main() -> None:
             assert sum(m1["written"].values()) == sum(m2["written"].values()) == n
             rows.append((label, t1, t2, m1["actions"]))
     print(f"{n} images, {nbytes / 1e6:.1f} MB; spawned 2-process pool start-up {startup:.2f} s; "
-          f"TensorFlow import {t_tf:.2f} s (not timed below)")
-    print(f"{'bare read, from disk':<22} {t_read:7.2f} s  {n / t_read:9.0f} img/s")
+          f"CRC-32C implementation: {google_crc32c.implementation}")
+    print(f"{'bare read, 1 thread':<22} {t_read1:7.2f} s  {n / t_read1:9.0f} img/s")
+    print(f"{'bare read, 2 threads':<22} {t_read_mt:7.2f} s  {n / t_read_mt:9.0f} img/s")
+    print(f"{'bare read, hinted':<22} {t_read_hint:7.2f} s  {n / t_read_hint:9.0f} img/s  "
+          f"(1 thread, posix_fadvise WILLNEED {HINT_WINDOW} files ahead; baseline: the fastest read, "
+          f"{n / t_read:.0f} img/s)")
     print(f"{'bare read, warm cache':<22} {t_warm:7.2f} s  {n / t_warm:9.0f} img/s")
     print(f"{'plan only (in writes)':<22} {t_plan:7.2f} s  (index, outliers, split, stat of every file)")
     for label, t1, t2, actions in rows:

@@ -361,3 +361,20 @@ def test_bad_settings_are_user_errors(sample, tmp_path, capsys):
     assert tfrec_main(["write", str(sample), "--out", str(tmp_path / "o"), "--outliers", str(tmp_path / "no.csv")]) == 2
     assert "no.csv: outliers file not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_read_ahead_yields_every_file_once_in_order(tmp_path):
+    from tfrec_builder.images import ImageError
+    from tfrec_builder.shard import read_ahead
+
+    paths = []
+    for k in range(23):
+        p = tmp_path / f"{k}.bin"
+        if k != 5:  # one missing file: its error comes back in its place
+            p.write_bytes(bytes([k]) * (k + 1))
+        paths.append(str(p))
+    for window in (0, 1, 4, 23, 100):
+        got = list(read_ahead(paths, window))
+        assert len(got) == 23
+        assert isinstance(got[5], ImageError) and str(got[5]) == "missing file"
+        assert [g for k, g in enumerate(got) if k != 5] == [bytes([k]) * (k + 1) for k in range(23) if k != 5]

@@ -15,6 +15,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -93,18 +94,27 @@ def split_validation(labels: np.ndarray, val_fraction: float, seed: int) -> np.n
     return mask
 
 
-def file_sizes(paths: list[str], workers: int = 16) -> np.ndarray:
-    """Bytes of each file, 0 where it is missing (it then fails, counted, when its shard is written)."""
-    def size(p: str) -> int:
+def _sizes(paths: list[str]) -> list[int]:
+    out = []
+    for p in paths:
         try:
-            return os.stat(p).st_size
+            out.append(os.stat(p).st_size)
         except OSError:
-            return 0
+            out.append(0)
+    return out
 
+
+def file_sizes(paths: list[str], workers: int = 16, chunk: int = 256) -> np.ndarray:
+    """Bytes of each file, 0 where it is missing (it then fails, counted, when its shard is written).
+
+    Threads, because on a cold or network disk each stat waits; chunks of files,
+    because a thread hand-off per file costs more than a stat of a cached inode.
+    """
     if not paths:
         return np.zeros(0, np.int64)
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.fromiter(pool.map(size, paths, chunksize=256), np.int64, len(paths))
+        return np.fromiter(chain.from_iterable(pool.map(_sizes, chunks)), np.int64, len(paths))
 
 
 def estimated_bytes(sizes: np.ndarray, image_size: int) -> np.ndarray:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
+import threading
 
 import google_crc32c
 
@@ -36,32 +38,61 @@ def frame(record: bytes) -> tuple[bytes, bytes]:
 
 
 class RecordWriter:
-    """Append records to a new TFRecord file; ``sha256`` and ``bytes`` describe what was written.
+    """Append records to a new TFRecord file; after ``close``, ``sha256`` and ``bytes`` describe the file.
 
-    Used as a context manager; the file is flushed and closed on exit, never
-    fsynced: the caller decides when a finished file becomes durable or visible.
+    Hashing and writing run in a thread of their own (both release the GIL on
+    large buffers), so they overlap with the caller preparing the next records:
+    on the copy path the sha256 alone costs about half as much as reading the
+    input. Used as a context manager; the file is flushed and closed on exit,
+    never fsynced: the caller decides when a finished file becomes durable or
+    visible. An error in the thread is raised by the next ``write`` or ``close``.
     """
 
-    def __init__(self, path: str | os.PathLike, buffer_bytes: int = 1 << 20):
+    def __init__(self, path: str | os.PathLike, buffer_bytes: int = 1 << 20, queue_records: int = 64):
         self._fh = open(path, "wb", buffering=buffer_bytes)  # noqa: SIM115 (closed by close/__exit__)
         self._sha = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue(queue_records)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="record-writer", daemon=True)
+        self._thread.start()
+        self._closed = False
         self.bytes = 0
         self.count = 0
 
+    def _drain(self) -> None:
+        while (pieces := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking items so a blocked ``write`` can return and raise
+            try:
+                for piece in pieces:
+                    self._sha.update(piece)
+                    self._fh.write(piece)
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+
     def write(self, record: bytes) -> None:
+        if self._error is not None:
+            raise self._error
         head, foot = frame(record)
-        for piece in (head, record, foot):
-            self._sha.update(piece)
-            self._fh.write(piece)
+        self._queue.put((head, record, foot))
         self.bytes += len(head) + len(record) + len(foot)
         self.count += 1
 
     @property
     def sha256(self) -> str:
+        if not self._closed:
+            raise RuntimeError("RecordWriter.sha256 is known only after close()")
         return self._sha.hexdigest()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
         self._fh.close()
+        if self._error is not None:
+            raise self._error
 
     def __enter__(self) -> RecordWriter:
         return self

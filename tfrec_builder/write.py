@@ -2,11 +2,11 @@
 
 Outliers from ``clean/outliers.csv`` are left out, each class is split into
 train/validation, and every image is copied (a baseline RGB JPEG that fits) or
-converted to one (``tfrec_builder.images``). Worker processes prepare the
-records; this process writes them, shard by shard in plan order, to
-``.build/tmp`` and renames a shard into place only once it is complete and its
-state is saved, so a killed build never leaves a partial shard
-under its final name, and rerunning the same command skips finished shards and
+converted to one (``tfrec_builder.images``). Each shard is built whole by one
+worker process (``tfrec_builder.shard``; with one worker, by this process):
+written to ``.build/tmp`` and renamed into place only once it is complete and
+its state is saved, so a killed build never leaves a partial shard under its
+final name, and rerunning the same command skips finished shards and
 ends byte-identical to an uninterrupted build (shards, ``label_map.csv``,
 ``manifest.json`` and ``dataset-metadata.json``; run times go to
 ``.build/runs.jsonl``). ``--worker-index i --num-workers n`` writes every n-th
@@ -20,121 +20,65 @@ import json
 import multiprocessing as mp
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
 from landmark_kaggle import gld
 from landmark_kaggle.clibase import UserError
-from landmark_kaggle.records import SPLITS, encode_example
+from landmark_kaggle.records import SPLITS
 from tfrec_builder import manifest as mf
-from tfrec_builder.images import ImageError, prepare_bytes, read_file
 from tfrec_builder.plan import Plan, ShardPlan, make_plan
-
-READ_AHEAD_THREADS = 4
-
-
-def _read(path: str) -> bytes | ImageError:
-    try:
-        return read_file(path)
-    except ImageError as exc:
-        return exc
-
-
-def _prepare_record(row: tuple, image_size: int, quality: int,
-                    data: bytes | ImageError | None = None) -> tuple[str, bytes | str]:
-    """``("copied"|"resized"|"converted", record bytes)`` or ``("failed", reason)``; runs in a worker process.
-
-    Workers never import TensorFlow (records.encode_example does not need it), so they start in a second.
-    ``data`` is the file's content when it was already read (or the error reading it).
-    """
-    image_id, landmark_id, label, path = row
-    try:
-        if data is None:
-            data = read_file(path)
-        if isinstance(data, ImageError):
-            raise data
-        p = prepare_bytes(data, image_size, quality)
-    except ImageError as exc:
-        return "failed", str(exc)
-    except Exception as exc:  # one bad image must never stop the job
-        return "failed", f"unexpected {type(exc).__name__}: {exc}"[:300]
-    return p.action, encode_example(image_bytes=p.data, image_id=image_id, label=int(label),
-                                    landmark_id=int(landmark_id), height=p.height, width=p.width)
+from tfrec_builder.shard import (
+    ShardId,
+    build_shard,
+    init_worker,
+    prepared,
+    read_ahead,
+    write_shard,
+)
 
 
 def _rows(shard: ShardPlan) -> list[tuple]:
     return list(shard.frame[["id", "landmark_id", "label", "path"]].itertuples(index=False, name=None))
 
 
-def _write_shard(out: Path, fingerprint: str, shard: ShardPlan, rows: list[tuple], results: Iterable) -> dict:
-    """Write one planned shard from its prepared records, in plan order; failures are recorded, never raised."""
-    import tensorflow as tf
-
-    tmp = mf.build_dir(out) / "tmp" / f"{shard.name}.{os.getpid()}.tmp"
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    failed, actions, landmarks = [], Counter(), set()
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for (image_id, landmark_id, _, _), (action, payload) in zip(rows, results, strict=True):
-            if action == "failed":
-                failed.append({"id": image_id, "landmark_id": int(landmark_id), "reason": payload})
-                continue
-            writer.write(payload)
-            actions[action] += 1
-            landmarks.add(int(landmark_id))
-    state = {"file": shard.name, "split": shard.split, "index": shard.index, "total": shard.total,
-             "plan": fingerprint, "planned": len(rows), "count": len(rows) - len(failed),
-             "bytes": tmp.stat().st_size, "sha256": mf.sha256_file(tmp), "failed": failed,
-             "actions": dict(sorted(actions.items())), "landmarks": sorted(landmarks)}
-    # State first, shard second: a shard under its final name always has its state.
-    mf.write_atomic(mf.state_path(out, shard.name), mf.dumps(state), durable=False)
-    os.replace(tmp, out / shard.name)
-    return state
+def _shard_id(shard: ShardPlan) -> ShardId:
+    return ShardId(shard.name, shard.split, shard.index, shard.total)
 
 
-def _run_shards(out: Path, fingerprint: str, todo: list[ShardPlan], prepare, workers: int, bar) -> Iterator[dict]:
+def _run_shards(out: Path, fingerprint: str, todo: list[ShardPlan], image_size: int, quality: int, workers: int,
+                bar) -> Iterator[dict]:
+    plans = [(_shard_id(shard), _rows(shard)) for shard in todo]
     if workers == 1:
-        # Reading ahead in a few threads keeps the disk busy while this process encodes and
-        # writes; threads only wait on I/O here, all image work stays in this one process.
-        with ThreadPoolExecutor(READ_AHEAD_THREADS) as io_pool:
-            for shard in todo:
-                rows = _rows(shard)
-                datas = io_pool.map(_read, [row[3] for row in rows])
-                results = (prepare(row, data=data) for row, data in zip(rows, datas, strict=True))
-                yield _write_shard(out, fingerprint, shard, rows, results)
-                bar.update(len(rows))
+        # One stream of reads across shard boundaries, so the kernel's read-ahead never pauses.
+        datas = read_ahead([row[3] for _, rows in plans for row in rows])
+        for shard, rows in plans:
+            yield write_shard(out, fingerprint, shard, rows, prepared(rows, datas, image_size, quality))
+            bar.update(len(rows))
         return
     # Processes, not threads: decoding and re-encoding hold the GIL. Spawned, because forking a
-    # parent that may have imported TensorFlow is unsafe. The next shards' images are prepared
-    # while this one is written, but no further ahead, so memory stays at a few shards. An
-    # executor, not multiprocessing.Pool: a worker that dies breaks it loudly instead of hanging.
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        pending: deque = deque()
-        queue = iter(todo)
-
-        def submit() -> None:
-            shard = next(queue, None)
-            if shard is not None:
-                rows = _rows(shard)
-                chunk = max(1, min(16, len(rows) // (4 * workers)))
-                pending.append((shard, rows, pool.map(prepare, rows, chunksize=chunk)))
-
-        try:
-            for _ in range(2):
-                submit()
-            while pending:
-                shard, rows, results = pending.popleft()
-                submit()
-                yield _write_shard(out, fingerprint, shard, rows, results)
-                bar.update(len(rows))
-        except BrokenProcessPool as exc:
-            raise UserError(f"a worker process died ({exc}); finished shards are kept: rerun the same command "
-                            "to resume, with --workers 1 to see the error in this process") from None
+    # parent that may have imported TensorFlow is unsafe. Each worker builds whole shards, so
+    # no image crosses a process boundary. An executor, not multiprocessing.Pool: a worker
+    # that dies breaks it loudly instead of hanging.
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker)
+    try:
+        futures = [pool.submit(build_shard, out, fingerprint, shard, rows, image_size, quality)
+                   for shard, rows in plans]
+        for future in as_completed(futures):
+            state = future.result()
+            bar.update(state["planned"])
+            yield state
+    except BrokenProcessPool as exc:
+        raise UserError(f"a worker process died ({exc}); finished shards are kept: rerun the same command "
+                        "to resume, with --workers 1 to see the error in this process") from None
+    finally:
+        # On an error or an interrupt, shards not yet started are dropped rather than built.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finished_state(out: Path, name: str, fingerprint: str) -> dict | None:
@@ -206,11 +150,10 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
     states = {s.name: st for s in mine if (st := _finished_state(out, s.name, plan.fingerprint))}
     todo = [s for s in mine if s.name not in states]
     workers = max(1, workers or len(os.sched_getaffinity(0)))
-    prepare = partial(_prepare_record, image_size=image_size, quality=quality)
     bar = tqdm(total=sum(len(s.frame) for s in mine), initial=sum(st["planned"] for st in states.values()),
                unit="img", desc="write", disable=not progress)
     try:
-        for st in _run_shards(out, plan.fingerprint, todo, prepare, workers if todo else 1, bar):
+        for st in _run_shards(out, plan.fingerprint, todo, image_size, quality, workers if todo else 1, bar):
             states[st["file"]] = st
     finally:
         bar.close()

@@ -9,6 +9,7 @@ Shards are ``<split>-%05d-of-%05d.tfrec`` in one folder, local or ``gs://``.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,12 @@ def _entry(key: str, feature: bytes) -> bytes:
     return _ld(b"\x0a", _ld(b"\x0a", key.encode()) + _ld(b"\x12", feature))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _int64_entry(key: str, value: int) -> bytes:
+    # Labels, sizes and channels repeat across records, so their entries are built once each.
+    return _entry(key, _int64_feature(value))
+
+
 _CONSTANT = {KEY_FORMAT: _entry(KEY_FORMAT, _bytes_feature(IMAGE_FORMAT)),
              KEY_COLORSPACE: _entry(KEY_COLORSPACE, _bytes_feature(COLORSPACE))}
 _ORDER = sorted([KEY_ENCODED, KEY_ID, KEY_FILENAME, KEY_LABEL, KEY_LANDMARK_ID, KEY_HEIGHT, KEY_WIDTH,
@@ -105,7 +112,7 @@ def encode_example(*, image_bytes: bytes, image_id: str, label: int, landmark_id
     parts[KEY_FILENAME] = _entry(KEY_FILENAME, ident)
     for key, value in ((KEY_LABEL, label), (KEY_LANDMARK_ID, landmark_id), (KEY_HEIGHT, height),
                        (KEY_WIDTH, width), (KEY_CHANNELS, channels)):
-        parts[key] = _entry(key, _int64_feature(int(value)))
+        parts[key] = _int64_entry(key, int(value))
     # The image is the one large value: its enclosing headers are computed from
     # lengths so its bytes are copied once, by the final join.
     n = len(image_bytes)
