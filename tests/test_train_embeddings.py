@@ -101,7 +101,7 @@ def test_subset_logits_are_the_full_classifiers_logits_of_the_sampled_classes(su
 def test_sampling_every_class_gives_the_full_arcface_loss():
     head, emb, labels = head_and_batch(30)
     classes, local = sample_classes(labels, 30, 30, seed=0)
-    per_row = partial_fc_loss(labels, emb, head.kernel, classes, local, scale=SCALE, margin=0.4).numpy()
+    per_row = partial_fc_loss(emb, head.kernel, classes, local, scale=SCALE, margin=0.4).numpy()
     full = float(ArcFaceLoss(scale=SCALE, margin=0.4)(labels, head(emb)))
     assert per_row.mean() == pytest.approx(full, rel=1e-5)
     cos = keras.ops.convert_to_numpy(head(emb)) / SCALE
@@ -114,7 +114,7 @@ def test_sampled_loss_takes_each_rows_own_class_margin_over_the_subset(subcenter
     counts = np.arange(1, 51) ** 2  # 50 different sizes → 50 different margins
     margins = dynamic_margins(counts, 0.05, 0.5)
     classes, local = sample_classes(labels, 50, 12, seed=5)
-    per_row = partial_fc_loss(labels, emb, head.kernel, classes, local, scale=SCALE,
+    per_row = partial_fc_loss(emb, head.kernel, classes, local, scale=SCALE,
                               margins=tf.constant(margins), subcenters=subcenters).numpy()
     cos = keras.ops.convert_to_numpy(head(emb))[:, classes.numpy()] / SCALE
     np.testing.assert_allclose(per_row, numpy_arcface(cos, local.numpy(), margins[labels]), rtol=1e-4)

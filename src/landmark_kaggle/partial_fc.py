@@ -73,7 +73,7 @@ def subset_cosine(embeddings, kernel, classes, subcenters: int = 1):
     return ops.clip(cos, -1.0, 1.0)
 
 
-def partial_fc_loss(labels, embeddings, kernel, classes, local_labels, *, scale: float, margin=0.5,
+def partial_fc_loss(embeddings, kernel, classes, local_labels, *, scale: float, margin=0.5,
                     margins=None, easy_margin: bool = False, subcenters: int = 1):
     """Per-row ArcFace cross-entropy over the sampled classes; ``margins`` (one per class) overrides ``margin``.
 
@@ -121,7 +121,7 @@ class PartialFCTrainer(keras.Model):
         margins = None if self.margins is None else tf.constant(self.margins)
         with tf.GradientTape() as tape:
             embeddings = self.body(x, training=True)
-            per_row = partial_fc_loss(y, embeddings, head.kernel, classes, local, scale=self.scale,
+            per_row = partial_fc_loss(embeddings, head.kernel, classes, local, scale=self.scale,
                                       margin=self.margin, margins=margins, easy_margin=self.easy_margin,
                                       subcenters=head.subcenters)
             if sample_weight is not None:
