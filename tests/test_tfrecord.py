@@ -24,7 +24,7 @@ def records():
 
 def test_writer_gives_tensorflows_bytes_and_hashes_what_it_wrote(tmp_path, records):
     ours, theirs = tmp_path / "ours.tfrec", tmp_path / "tf.tfrec"
-    with RecordWriter(ours, buffer_bytes=1000) as writer:
+    with RecordWriter(ours) as writer:
         for r in records:
             writer.write(r)
     with tf.io.TFRecordWriter(str(theirs)) as tfw:
@@ -48,3 +48,14 @@ def test_tensorflow_reads_back_every_record_and_sees_a_flipped_byte(tmp_path, re
     path.write_bytes(bytes(broken))
     with pytest.raises(tf.errors.DataLossError):
         list(tf.data.TFRecordDataset(str(path)))
+
+
+def test_a_record_written_in_parts_is_the_record_written_whole(tmp_path, records):
+    whole, parts = tmp_path / "whole.tfrec", tmp_path / "parts.tfrec"
+    with RecordWriter(whole) as a, RecordWriter(parts) as b:
+        for r in records:
+            a.write(r)
+            cut1, cut2 = len(r) // 3, 2 * len(r) // 3
+            b.write((r[:cut1], r[cut1:cut2], r[cut2:]))
+    assert whole.read_bytes() == parts.read_bytes()
+    assert a.sha256 == b.sha256 and a.bytes == b.bytes

@@ -10,14 +10,15 @@ is ready in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
-from landmark_kaggle.records import encode_example
+from landmark_kaggle.records import encode_example_parts
 from tfrec_builder import manifest as mf
 from tfrec_builder.images import ImageError, prepare_bytes, read_file
 from tfrec_builder.tfrecord import RecordWriter
@@ -41,40 +42,64 @@ def _read(path: str) -> bytes | ImageError:
         return exc
 
 
-def _hint(path: str) -> None:
+def _open_hinted(path: str) -> int | None:
+    """An open descriptor whose file the kernel has been asked to start reading; None if it cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return  # the read itself reports why
+        return None  # the read reports why, in its turn
+    if _FADVISE:
+        with contextlib.suppress(OSError):  # only a hint
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    return fd
+
+
+def _read_fd(fd: int) -> bytes | ImageError:
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # grew, shrank or a short read: read on to the end
+            rest = []
+            while piece := os.read(fd, 1 << 20):
+                rest.append(piece)
+            data = b"".join([data, *rest])
+        return data
+    except OSError as exc:
+        return ImageError(f"unreadable file ({exc.strerror or exc})")
     finally:
         os.close(fd)
+
+
+_FADVISE = hasattr(os, "posix_fadvise")
 
 
 def read_ahead(paths: Sequence[str], window: int = HINT_WINDOW) -> Iterator[bytes | ImageError]:
     """Each file's bytes (or why it could not be read) in order, the kernel reading ``window`` files ahead.
 
-    ``posix_fadvise(WILLNEED)`` starts the reads of the files to come without
-    waiting for them, so the disk works on many at once while this thread
-    handles one; by the time a file is read it is usually in the page cache.
-    On this 2-core VM that reads the files 2x faster than two threads reading
-    them in turn, and unlike reader threads it needs no GIL while the disk works.
-    Where the call does not exist (macOS, Windows) files are simply read in turn.
+    Each file is opened ``window`` files before its turn and ``posix_fadvise(WILLNEED)``
+    starts its read without waiting, so the disk works on many files at once
+    while this thread handles one; by its turn a file is usually in the page
+    cache. On this 2-core VM that reads the files 3x faster than a plain loop
+    and 2x faster than two threads reading in turn, and it needs no GIL while
+    the disk works. Where the call does not exist (macOS, Windows) files are
+    simply read in turn. At most ``window`` descriptors are open at once.
     """
-    hint = _hint if hasattr(os, "posix_fadvise") else None
-    if hint:
-        for path in paths[:window]:
-            hint(path)
-    for i, path in enumerate(paths):
-        if hint and i + window < len(paths):
-            hint(paths[i + window])
-        yield _read(path)
+    pending: deque[int | None] = deque()
+    try:
+        for i, path in enumerate(paths):
+            while len(pending) <= min(window, len(paths) - 1 - i):
+                pending.append(_open_hinted(paths[i + len(pending)]))
+            fd = pending.popleft()
+            yield _read(path) if fd is None else _read_fd(fd)
+    finally:
+        for fd in pending:
+            if fd is not None:
+                os.close(fd)
 
 
 def prepare_record(row: tuple, image_size: int, quality: int,
-                   data: bytes | ImageError | None = None) -> tuple[str, bytes | str]:
-    """``("copied"|"resized"|"converted", record bytes)`` or ``("failed", reason)``.
+                   data: bytes | ImageError | None = None) -> tuple[str, tuple[bytes, ...] | str]:
+    """``("copied"|"resized"|"converted", the record's parts)`` or ``("failed", reason)``.
 
     ``row`` is ``(id, landmark_id, label, path)``; ``data`` is the file's content
     when it was already read (or the error reading it).
@@ -90,8 +115,8 @@ def prepare_record(row: tuple, image_size: int, quality: int,
         return "failed", str(exc)
     except Exception as exc:  # one bad image must never stop the job
         return "failed", f"unexpected {type(exc).__name__}: {exc}"[:300]
-    return p.action, encode_example(image_bytes=p.data, image_id=image_id, label=int(label),
-                                    landmark_id=int(landmark_id), height=p.height, width=p.width)
+    return p.action, encode_example_parts(image_bytes=p.data, image_id=image_id, label=int(label),
+                                          landmark_id=int(landmark_id), height=p.height, width=p.width)
 
 
 def write_shard(out: Path, fingerprint: str, shard: ShardId, rows: Sequence[tuple], results: Iterable) -> dict:

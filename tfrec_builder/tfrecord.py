@@ -17,6 +17,7 @@ import os
 import queue
 import struct
 import threading
+from collections.abc import Sequence
 
 import google_crc32c
 
@@ -31,10 +32,22 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-def frame(record: bytes) -> tuple[bytes, bytes]:
-    """The header (length + its CRC) and footer (record CRC) that surround ``record`` in the file."""
-    length = _U64.pack(len(record))
-    return length + _U32.pack(masked_crc32c(length)), _U32.pack(masked_crc32c(record))
+def frame(parts: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """The header (length + its CRC) and footer (record CRC) around the record made of ``parts``."""
+    length = _U64.pack(sum(len(p) for p in parts))
+    crc = 0
+    for part in parts:
+        crc = google_crc32c.extend(crc, part)
+    masked = (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+    return length + _U32.pack(masked_crc32c(length)), _U32.pack(masked)
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    done, total = os.writev(fd, pieces), sum(len(p) for p in pieces)
+    if done < total:  # a short write (a signal, a full disk): finish it, or raise trying
+        rest = memoryview(b"".join(pieces))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
 
 
 class RecordWriter:
@@ -48,8 +61,9 @@ class RecordWriter:
     visible. An error in the thread is raised by the next ``write`` or ``close``.
     """
 
-    def __init__(self, path: str | os.PathLike, buffer_bytes: int = 1 << 20, queue_records: int = 64):
-        self._fh = open(path, "wb", buffering=buffer_bytes)  # noqa: SIM115 (closed by close/__exit__)
+    def __init__(self, path: str | os.PathLike, queue_records: int = 64):
+        # Unbuffered, one writev a record: a buffer would cost a copy of every image.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._sha = hashlib.sha256()
         self._queue: queue.Queue = queue.Queue(queue_records)
         self._error: BaseException | None = None
@@ -66,16 +80,18 @@ class RecordWriter:
             try:
                 for piece in pieces:
                     self._sha.update(piece)
-                    self._fh.write(piece)
+                _write_all(self._fd, pieces)
             except BaseException as exc:  # handed to the caller's thread
                 self._error = exc
 
-    def write(self, record: bytes) -> None:
+    def write(self, record: bytes | Sequence[bytes]) -> None:
+        """Append one record, given whole or as the parts it is the concatenation of."""
         if self._error is not None:
             raise self._error
-        head, foot = frame(record)
-        self._queue.put((head, record, foot))
-        self.bytes += len(head) + len(record) + len(foot)
+        parts = (record,) if isinstance(record, bytes | bytearray | memoryview) else tuple(record)
+        head, foot = frame(parts)
+        self._queue.put((head, *parts, foot))
+        self.bytes += len(head) + sum(len(p) for p in parts) + len(foot)
         self.count += 1
 
     @property
@@ -90,7 +106,7 @@ class RecordWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        self._fh.close()
+        os.close(self._fd)
         if self._error is not None:
             raise self._error
 

@@ -102,9 +102,10 @@ _ORDER = sorted([KEY_ENCODED, KEY_ID, KEY_FILENAME, KEY_LABEL, KEY_LANDMARK_ID, 
 _ENCODED_KEY = _ld(b"\x0a", KEY_ENCODED.encode())
 
 
-def encode_example(*, image_bytes: bytes, image_id: str, label: int, landmark_id: int,
-                   height: int, width: int, channels: int = 3) -> bytes:
-    """One serialized ``tf.train.Example``; the same arguments always give the same bytes."""
+def encode_example_parts(*, image_bytes: bytes, image_id: str, label: int, landmark_id: int,
+                         height: int, width: int, channels: int = 3) -> tuple[bytes, bytes, bytes]:
+    """``encode_example``'s bytes as (before the image, the image itself, after it), so a writer can
+    hash and write the image without copying it into a new buffer first."""
     ident = _bytes_feature(image_id.encode("ascii"))
     parts = dict(_CONSTANT)
     parts[KEY_ID] = _entry(KEY_ID, ident)
@@ -113,21 +114,25 @@ def encode_example(*, image_bytes: bytes, image_id: str, label: int, landmark_id
     for key, value in ((KEY_LABEL, label), (KEY_LANDMARK_ID, landmark_id), (KEY_HEIGHT, height),
                        (KEY_WIDTH, width), (KEY_CHANNELS, channels)):
         parts[key] = _int64_entry(key, int(value))
-    # The image is the one large value: its enclosing headers are computed from
-    # lengths so its bytes are copied once, by the final join.
+    # The image is the one large value: its enclosing headers are computed from lengths.
     n = len(image_bytes)
     h1 = b"\x0a" + _varint(n)
     h2 = b"\x0a" + _varint(len(h1) + n)
     h3 = b"\x12" + _varint(len(h2) + len(h1) + n)
     h4 = b"\x0a" + _varint(len(_ENCODED_KEY) + len(h3) + len(h2) + len(h1) + n)
     parts[KEY_ENCODED] = b"".join((h4, _ENCODED_KEY, h3, h2, h1))
-    pieces = []
-    for key in _ORDER:
-        pieces.append(parts[key])
-        if key == KEY_ENCODED:
-            pieces.append(image_bytes)
-    total = sum(len(p) for p in pieces)
-    return b"".join([b"\x0a", _varint(total), *pieces])  # Example.features(1)
+    at = _ORDER.index(KEY_ENCODED)
+    before = b"".join(parts[key] for key in _ORDER[:at + 1])
+    after = b"".join(parts[key] for key in _ORDER[at + 1:])
+    total = len(before) + n + len(after)
+    return b"\x0a" + _varint(total) + before, image_bytes, after  # Example.features(1)
+
+
+def encode_example(*, image_bytes: bytes, image_id: str, label: int, landmark_id: int,
+                   height: int, width: int, channels: int = 3) -> bytes:
+    """One serialized ``tf.train.Example``; the same arguments always give the same bytes."""
+    return b"".join(encode_example_parts(image_bytes=image_bytes, image_id=image_id, label=label,
+                                         landmark_id=landmark_id, height=height, width=width, channels=channels))
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
