@@ -168,3 +168,16 @@ def test_mixed_bfloat16_on_cpu_trains_and_logits_are_float32(shards, tmp_path):
         assert logits.dtype == np.float32 and np.all(np.isfinite(logits)) and np.all(np.abs(logits) <= 30.0 + 1e-3)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_resume_check_refuses_a_changed_setting_but_not_the_embedding_only_sample_rate(tmp_path):
+    from landmark_kaggle.train import _check_same_run, _flat
+
+    cfg = config_from_dict({"train": {"epochs": 2}})
+    old = _flat(cfg)
+    del old["train.class_sample"]  # a checkpoint written before the field existed
+    _check_same_run({"config": old, "num_classes": 4}, cfg, 4, tmp_path)
+    _check_same_run({"config": old | {"train.class_sample": 0.3}, "num_classes": 4}, cfg, 4, tmp_path)
+    changed = _flat(config_from_dict({"train": {"epochs": 2, "learning_rate": 0.5}}))
+    with pytest.raises(UserError, match=r"train.learning_rate: 0.5 -> 0.001"):
+        _check_same_run({"config": changed, "num_classes": 4}, cfg, 4, tmp_path)

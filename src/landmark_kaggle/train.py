@@ -39,7 +39,8 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
 # Settings that may change between a run and its resumption; any other change makes the checkpoint invalid.
-RESUMABLE_CHANGES = {"train.epochs", "train.time_budget", "train.checkpoint_every_steps"}
+# train.class_sample only steers train-embeddings, so it may differ from (or be missing in) an image checkpoint.
+RESUMABLE_CHANGES = {"train.epochs", "train.time_budget", "train.checkpoint_every_steps", "train.class_sample"}
 
 
 class SimulatedCrash(RuntimeError):
