@@ -53,3 +53,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_no_command_prints_help():
     out = run_cli()
     assert out.returncode == 2 and "commands:" in out.stdout
+
+
+HEAVY = ("tensorflow", "keras", "torch", "mmseg")
+_HELP_PROBE = """
+import contextlib, io, sys
+from {module} import main
+for command in sys.argv[1:]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([command, "--help"])
+        except SystemExit:
+            pass
+print(",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_no_subcommand_help_imports_tensorflow_or_torch():
+    for module, commands in (("landmark_kaggle.cli", COMMANDS), ("tfrec_builder.cli", BUILDER_COMMANDS)):
+        out = subprocess.run([sys.executable, "-c", _HELP_PROBE.format(module=module, heavy=HEAVY), *commands],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "", f"{module}: some --help imported {out.stdout.strip()}"

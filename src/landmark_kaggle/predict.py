@@ -24,16 +24,19 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from tqdm import tqdm
 
 from landmark_kaggle import paths, retrieval
 from landmark_kaggle.clibase import UserError
 from landmark_kaggle.config import Config, config_from_dict
 from landmark_kaggle.gld import hex_id_mask
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclass
@@ -46,6 +49,7 @@ class InferenceBundle:
 
 def load_for_inference(model_dir, overrides: list[str] | tuple[str, ...] = ()) -> InferenceBundle:
     import keras
+    import tensorflow as tf
 
     from landmark_kaggle.model import embedding_model, load_model_dir
 
@@ -83,6 +87,8 @@ def list_images(folder) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _load_file(path, data_cfg):
+    import tensorflow as tf
+
     from landmark_kaggle.pipeline import decode_image, eval_transform
 
     return eval_transform(decode_image(tf.io.read_file(path)), data_cfg)
@@ -93,6 +99,8 @@ def image_dataset(ids, files, data_cfg) -> tf.data.Dataset:
 
     Order is not kept (each image carries its id), so a slow file never holds up the batch behind it.
     """
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(ids, str), np.asarray(files, str)))
     ds = ds.map(lambda i, p: (i, _load_file(p, data_cfg)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return ds.ignore_errors()
@@ -109,6 +117,8 @@ def shard_files(data, splits=("train", "validation")) -> list[str]:
 
 def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
     """Ids and landmark ids of every record, in file order (a parse-only pass, no decoding)."""
+    import tensorflow as tf
+
     from landmark_kaggle.records import parse_example
 
     ds = tf.data.TFRecordDataset(files).map(parse_example).map(lambda r: (r["id"], r["landmark_id"]))
@@ -120,6 +130,8 @@ def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tfrec_dataset(files, data_cfg, skip: int = 0, take: int = -1) -> tf.data.Dataset:
+    import tensorflow as tf
+
     from landmark_kaggle.pipeline import decode_image, eval_transform
     from landmark_kaggle.records import parse_example
 
@@ -131,6 +143,8 @@ def tfrec_dataset(files, data_cfg, skip: int = 0, take: int = -1) -> tf.data.Dat
 
 def iterate_batches(fn, dataset: tf.data.Dataset, batch_size: int):
     """Yield (ids, fn(images)) per batch; decoding of the next batches overlaps the model's work."""
+    import tensorflow as tf
+
     for ids, images in dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE):
         yield [i.decode() for i in ids.numpy()], fn(images)
 
@@ -161,6 +175,8 @@ def kaggle_inputs() -> dict:
 def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None, distractors=None,
             overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Write the submission; returns the summary (counts, images/s, settings)."""
+    import tensorflow as tf
+
     bundle = load_for_inference(model_dir, overrides)
     inf = bundle.config.inference
     data_cfg = bundle.config.data
