@@ -25,6 +25,8 @@ from tfrec_builder.tfrecord import RecordWriter
 
 # How many files ahead of the one being read the kernel is asked to start reading.
 HINT_WINDOW = 256
+_FADVISE = hasattr(os, "posix_fadvise")
+
 
 class ShardId(NamedTuple):
     """Which shard: what a worker needs of the plan's ``ShardPlan`` (which holds a pandas frame)."""
@@ -68,9 +70,6 @@ def _read_fd(fd: int) -> bytes | ImageError:
         return ImageError(f"unreadable file ({exc.strerror or exc})")
     finally:
         os.close(fd)
-
-
-_FADVISE = hasattr(os, "posix_fadvise")
 
 
 def read_ahead(paths: Sequence[str], window: int = HINT_WINDOW) -> Iterator[bytes | ImageError]:
@@ -146,7 +145,7 @@ def write_shard(out: Path, fingerprint: str, shard: ShardId, rows: Sequence[tupl
 
 
 def prepared(rows: Sequence[tuple], datas: Iterator, image_size: int,
-             quality: int) -> Iterator[tuple[str, bytes | str]]:
+             quality: int) -> Iterator[tuple[str, tuple[bytes, ...] | str]]:
     """``prepare_record`` over ``rows``, taking exactly one item of ``datas`` (the file contents) per row."""
     return (prepare_record(row, image_size, quality, data)
             for row, data in zip(rows, islice(datas, len(rows)), strict=True))

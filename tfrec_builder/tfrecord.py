@@ -26,10 +26,14 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
-def masked_crc32c(data: bytes) -> int:
-    """The CRC-32C of ``data``, rotated and offset as TFRecord stores it (so CRCs of CRCs stay strong)."""
-    crc = google_crc32c.value(data)
+def _mask(crc: int) -> int:
+    # Rotated and offset as TFRecord stores it, so CRCs of data holding CRCs stay strong.
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The CRC-32C of ``data`` as TFRecord stores it."""
+    return _mask(google_crc32c.value(data))
 
 
 def frame(parts: Sequence[bytes]) -> tuple[bytes, bytes]:
@@ -38,8 +42,7 @@ def frame(parts: Sequence[bytes]) -> tuple[bytes, bytes]:
     crc = 0
     for part in parts:
         crc = google_crc32c.extend(crc, part)
-    masked = (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-    return length + _U32.pack(masked_crc32c(length)), _U32.pack(masked)
+    return length + _U32.pack(masked_crc32c(length)), _U32.pack(_mask(crc))
 
 
 def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
