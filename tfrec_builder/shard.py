@@ -97,16 +97,14 @@ def read_ahead(paths: Sequence[str], window: int = HINT_WINDOW) -> Iterator[byte
 
 
 def prepare_record(row: tuple, image_size: int, quality: int,
-                   data: bytes | ImageError | None = None) -> tuple[str, tuple[bytes, ...] | str]:
+                   data: bytes | ImageError) -> tuple[str, tuple[bytes, ...] | str]:
     """``("copied"|"resized"|"converted", the record's parts)`` or ``("failed", reason)``.
 
     ``row`` is ``(id, landmark_id, label, path)``; ``data`` is the file's content
-    when it was already read (or the error reading it).
+    as ``read_ahead`` gave it (or the error reading it).
     """
-    image_id, landmark_id, label, path = row
+    image_id, landmark_id, label, _ = row
     try:
-        if data is None:
-            data = read_file(path)
         if isinstance(data, ImageError):
             raise data
         p = prepare_bytes(data, image_size, quality)
