@@ -26,8 +26,9 @@ import tensorflow as tf
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.gld import make_label_map
+from landmark_kaggle.inference import iterate_batches, load_for_inference
 from landmark_kaggle.model import build_model, save_model_dir
-from landmark_kaggle.predict import image_dataset, iterate_batches, list_images, load_for_inference
+from landmark_kaggle.pipeline import image_folder_dataset, list_images
 from landmark_kaggle.retrieval import search
 
 # shared/ lies beside the checkout.
@@ -49,18 +50,18 @@ def bench_inference(size: int, n: int, batch: int, backbone: str, repeats: int) 
         tmp = Path(tmp)
         cfg = config_from_dict({"data": {"image_size": size}, "model": {"backbone": backbone, "embedding_dim": 512},
                                 "inference": {"batch_size": batch}})
-        model = build_model(cfg, 1000, compile=False)
+        model = build_model(cfg, 1000)
         save_model_dir(model, cfg, make_label_map(np.arange(1000)), tmp / "model")
         bundle = load_for_inference(tmp / "model")
         ids, files, _ = list_images(make_images(tmp / "images", n))
-        ds = image_dataset(ids, files, bundle.config.data)
+        ds = image_folder_dataset(ids, files, bundle.config.data)
         cached = [images for _, images in ds.batch(batch)]
         bundle.embed_fn(cached[0])  # trace once, outside both timings
 
         def end_to_end():
             done = 0
-            for batch_ids, (cos, _) in iterate_batches(bundle.embed_fn, image_dataset(ids, files, bundle.config.data),
-                                                       batch):
+            dataset = image_folder_dataset(ids, files, bundle.config.data)
+            for batch_ids, (cos, _) in iterate_batches(bundle.embed_fn, dataset, batch):
                 cos.argmax(axis=1)
                 done += len(batch_ids)
             return done
@@ -74,7 +75,7 @@ def bench_inference(size: int, n: int, batch: int, backbone: str, repeats: int) 
             return done
 
         def pipeline_only():
-            return sum(len(b) for b, _ in image_dataset(ids, files, bundle.config.data).batch(batch).prefetch(2))
+            return sum(len(b) for b, _ in image_folder_dataset(ids, files, bundle.config.data).batch(batch).prefetch(2))
 
         rates = {"end_to_end": [], "forward": [], "pipeline": []}
         for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike

@@ -31,6 +31,7 @@ import tensorflow as tf
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.distribute import setup_runtime
 from landmark_kaggle.model import build_model
+from landmark_kaggle.optim import compile_model
 from landmark_kaggle.pipeline import build_dataset, read_data_label_map
 from landmark_kaggle.sample import make_sample
 from tfrec_builder.write import write_dataset
@@ -63,7 +64,7 @@ def main() -> None:
         data = str(tmp / "tfrec")
         classes = len(read_data_label_map(data))
         cfg = config_from_dict({}, [f"data.image_size={args.image_size}", f"model.backbone={args.backbone}",
-                                    "train.warmup_epochs=0", "data.shuffle_buffer=256"])
+                                    "optim.warmup_epochs=0", "data.shuffle_buffer=256"])
 
         def stream():
             return build_dataset(data, "train", cfg.data, args.batch, training=True)
@@ -79,7 +80,8 @@ def main() -> None:
 
         rt = setup_runtime("auto", args.precision)
         with rt.strategy.scope():
-            model = build_model(cfg, classes, steps_per_epoch=args.steps)
+            model = build_model(cfg, classes)
+            compile_model(model, cfg, steps_per_epoch=args.steps)
         cached = tf.data.Dataset.from_tensors(next(iter(stream()))).repeat()
         step = _fit_rate(model, cached, args.steps, args.batch)
         both = _fit_rate(model, stream(), args.steps, args.batch)

@@ -34,11 +34,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from landmark_kaggle.config import config_from_dict  # noqa: E402
+from landmark_kaggle.model import build_embedding_model  # noqa: E402
 from landmark_kaggle.partial_fc import sample_size  # noqa: E402
 from landmark_kaggle.train_embeddings import (  # noqa: E402
     DEFAULT_BATCH,
     VAL_BATCH,
-    build_embedding_model,
     make_trainer,
 )
 
@@ -111,7 +111,7 @@ def speed(args) -> dict:
     print(f"GLDv2 shape: {GLD_IMAGES:,} × {DIM} vectors, {GLD_CLASSES:,} classes "
           f"(sizes {counts.min()}..{counts.max()}, median {int(np.median(counts))}); "
           f"an epoch trains on {train_n:,} and validates on {GLD_IMAGES - train_n:,}", flush=True)
-    base = ["train.warmup_epochs=0"]
+    base = ["optim.warmup_epochs=0"]
     runs = [("full softmax (before)", 1024, 1.0), ("partial FC (default)", DEFAULT_BATCH, 0.0)]
     if args.sweep:
         seen = {(DEFAULT_BATCH, sample_size(GLD_CLASSES, 0.1, DEFAULT_BATCH))}
@@ -129,7 +129,7 @@ def speed(args) -> dict:
           flush=True)
     out = {}
     for name, batch, rate in runs:
-        cfg = config_from_dict({}, [*base, f"train.class_sample={rate}"])
+        cfg = config_from_dict({}, [*base, f"embeddings.class_sample={rate}"])
         s, k = time_steps(cfg, *vectors((WARMUP + args.steps) * batch), counts, batch, args.steps)
         steps = -(-train_n // batch)
         minutes = s * steps / 60
@@ -158,8 +158,8 @@ def quality(args) -> None:
     print(f"quality: {args.q_classes} clustered classes, {(~held).sum():,} train / {held.sum():,} validation "
           f"vectors, batch {args.q_batch}, {args.q_epochs} epochs", flush=True)
     for name, rate in (("full softmax", 1.0), ("partial FC", 0.1), ("partial FC", 0.05)):
-        cfg = config_from_dict({}, [f"train.class_sample={rate}", f"train.epochs={args.q_epochs}",
-                                    "train.warmup_epochs=0"])
+        cfg = config_from_dict({}, [f"embeddings.class_sample={rate}", f"train.epochs={args.q_epochs}",
+                                    "optim.warmup_epochs=0"])
         keras.utils.set_random_seed(0)
         steps = -(-int((~held).sum()) // args.q_batch)
         trainer, k = make_trainer(build_embedding_model(cfg, x.shape[1], args.q_classes), cfg, sizes,

@@ -23,36 +23,32 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from landmark_kaggle import gld
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import REALDATA as REAL  # noqa: E402
+from helpers import real_folder  # noqa: E402
+
 from tfrec_builder.plan import make_plan
 from tfrec_builder.shard import HINT_WINDOW, read_ahead
 from tfrec_builder.tfrecord import google_crc32c
 from tfrec_builder.write import write_dataset
 
 # shared/ lies beside the checkout.
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
 
 
 def make_folder(root: Path, sources: list[Path], copies: int) -> list[str]:
-    rng = np.random.default_rng(0)
-    rows, paths = [], []
-    for k, src in enumerate(sources):
-        for _ in range(copies):
-            image_id = "".join(rng.choice(list("0123456789abcdef"), 16))
-            dst = gld.image_path(root, "train", image_id)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            rows.append((image_id, 100 + k))
-            paths.append(str(dst))
-    pd.DataFrame(rows, columns=["id", "landmark_id"]).to_csv(root / "train.csv", index=False)
-    return paths
+    """The real photos under random ids (tests' ``helpers.real_folder``); returns the image paths."""
+    real_folder(root, copies, sources, seed=0, first_landmark=100)
+    ids = pd.read_csv(root / "train.csv", dtype={"id": str})["id"]
+    return [str(gld.image_path(root, "train", i)) for i in ids]
 
 
 def read_all(paths: list[str]) -> int:

@@ -1,11 +1,49 @@
-"""Shared pytest setup: quiet TensorFlow, keep Keras on the CPU, and tiny GLDv2 folders."""
+"""Shared pytest setup: quiet TensorFlow, keep Keras on the CPU, and the session fixtures several files use.
+
+Each fixture builds once per test session under pytest's base temp; the
+builders live in ``helpers.py`` (benchmarks use them too).
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from pathlib import Path  # noqa: E402
+import pytest  # noqa: E402
+from helpers import REALDATA, inference_world, make_shards, real_folder  # noqa: E402
 
-# The real GLDv2 test JPEGs live in the shared/ folder beside the checkout (CI lays a copy there too).
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
+
+@pytest.fixture(scope="session")
+def realdata():
+    """The 13 real GLDv2 test JPEGs (shared/realdata); an error, not a skip, when they are missing."""
+    files = sorted(REALDATA.glob("*.jpg"))
+    assert len(files) == 13, f"expected the 13 real GLDv2 photos in {REALDATA}"
+    return files
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory):
+    """The embedded sample in GLDv2 layout (4 classes, up to 8 images each, 48x64)."""
+    from landmark_kaggle.sample import make_sample
+
+    root = tmp_path_factory.getbasetemp() / "session_sample"
+    make_sample(root, num_classes=4, max_per_class=8, image_size=(48, 64))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """Tiny train/validation shards of a 4-class sample, written with ``records.encode_example``."""
+    return make_shards(tmp_path_factory.getbasetemp() / "session_shards")
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory, realdata):
+    """A GLDv2 training folder of the real photos, 30 copies each (390 images, 13 classes)."""
+    return real_folder(tmp_path_factory.getbasetemp() / "session_real", copies=30, sources=realdata)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """Sample, shards, a tiny trained model and its retrieval indexes (``helpers.inference_world``)."""
+    return inference_world(tmp_path_factory.getbasetemp() / "inference_world")

@@ -42,7 +42,7 @@ def test_json_round_trip(tmp_path):
 @pytest.mark.parametrize("override, field", [
     ("train.epochs=0", "train.epochs"),
     ("model.pooling=max", "model.pooling"),
-    ("train.strategy=gpu", "train.strategy"),
+    ("runtime.strategy=gpu", "runtime.strategy"),
     ("model.dropout=1.5", "model.dropout"),
     ("train.epochs=three", "train.epochs"),
     ("train.epochs=2.5", "train.epochs"),
@@ -78,3 +78,26 @@ def test_config_is_frozen():
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.train.epochs = 2  # type: ignore[misc]
+
+
+def test_a_config_written_before_the_sections_split_still_loads(tmp_path):
+    # config.json as model folders and checkpoints of the first version wrote it: one mixed train section.
+    old = {"data": {"image_size": 64},
+           "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.01, "decay": "cosine", "strategy": "cpu",
+                     "precision": "float32", "time_budget": "1h", "checkpoint_every_steps": 5, "class_sample": 0.2}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = load_config(tmp_path / "config.json")
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.image_size) == (3, 8, 64)
+    assert (cfg.optim.learning_rate, cfg.optim.decay) == (0.01, "cosine")
+    assert (cfg.runtime.strategy, cfg.runtime.precision) == ("cpu", "float32")
+    assert (cfg.session.time_budget, cfg.session.checkpoint_every_steps) == ("1h", 5)
+    assert cfg.embeddings.class_sample == 0.2
+    # Written back, it is the new layout, and it loads to the same settings.
+    save_config(cfg, tmp_path / "new.json")
+    assert "learning_rate" not in json.loads((tmp_path / "new.json").read_text())["train"]
+    assert load_config(tmp_path / "new.json") == cfg
+
+
+def test_an_old_key_on_the_command_line_says_where_it_went():
+    with pytest.raises(ConfigError, match=r"train.strategy is now runtime.strategy"):
+        config_from_dict({}, ["train.strategy=cpu"])

@@ -16,19 +16,13 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from trainutil import make_shards
 
-from landmark_kaggle.clibase import UserError
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.distribute import get_strategy, global_batch, resolve_precision, setup_runtime
+from landmark_kaggle.errors import UserError
 
-SMALL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "model.dropout=0", "train.warmup_epochs=0",
+SMALL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "model.dropout=0", "optim.warmup_epochs=0",
          "train.batch_size=8", "data.deterministic=true", "data.shuffle_buffer=32"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("dist"))
 
 
 def _run_children(scripts, envs, timeout=600):
@@ -71,20 +65,23 @@ def test_auto_picks_the_default_strategy_and_float32_on_this_cpu(monkeypatch):
 
 
 def test_global_batch_and_learning_rate_scale_with_replicas():
-    cfg = config_from_dict({}, ["train.batch_size=16"]).train
+    cfg = config_from_dict({}, ["train.batch_size=16"])
     assert global_batch(cfg, 8) == (16, 1.0)
-    scaled = config_from_dict({}, ["train.batch_size=16", "train.scale_batch_with_replicas=true"]).train
+    scaled = config_from_dict({}, ["train.batch_size=16", "train.scale_batch_with_replicas=true"])
     assert global_batch(scaled, 8) == (128, 8.0)
     with pytest.raises(UserError, match="split evenly"):
-        global_batch(config_from_dict({}, ["train.batch_size=6"]).train, 4)
+        global_batch(config_from_dict({}, ["train.batch_size=6"]), 4)
 
 
 def test_mixed_float16_wraps_adamw_in_a_loss_scale_optimizer():
     from landmark_kaggle.model import build_model
+    from landmark_kaggle.optim import compile_model
 
     try:
         rt = setup_runtime("cpu", "mixed_float16")
-        model = build_model(config_from_dict({}, SMALL), 3)
+        cfg = config_from_dict({}, SMALL)
+        model = build_model(cfg, 3)
+        compile_model(model, cfg)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert model.get_layer("logits").compute_dtype == "float32"
         assert rt.precision == "mixed_float16"
@@ -98,11 +95,12 @@ MIRRORED = textwrap.dedent("""
     split_cpu(2)
     import keras, numpy as np, tensorflow as tf
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.model import build_model, compile_model
+    from landmark_kaggle.model import build_model
+    from landmark_kaggle.optim import compile_model
     from landmark_kaggle.train import train_model
 
     small = {SMALL!r}
-    cfg = config_from_dict({{}}, [*small, "train.learning_rate=0.01"])
+    cfg = config_from_dict({{}}, [*small, "optim.learning_rate=0.01"])
     rng = np.random.default_rng(0)
     y = np.arange(32) % 4
     x = (rng.uniform(0, 120, (32, 32, 32, 3)) + 30 * y[:, None, None, None]).astype("float32")
@@ -110,7 +108,7 @@ MIRRORED = textwrap.dedent("""
     def fit(strategy):
         keras.utils.set_random_seed(0)
         with strategy.scope():
-            model = build_model(cfg, 4, compile=False)
+            model = build_model(cfg, 4)
             # BatchNorm statistics are per replica (4 images vs 8): freeze the backbone so both
             # runs compute the same function and only the gradient all-reduce is compared.
             model.layers[1].trainable = False
@@ -122,10 +120,11 @@ MIRRORED = textwrap.dedent("""
     rt = setup_runtime("mirrored", "float32")
     two = fit(rt.strategy)
     one = fit(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    summary = train_model({shards!r}, {out!r}, config_from_dict({{}}, [*small, "train.strategy=mirrored",
+    summary = train_model({shards!r}, {out!r}, config_from_dict({{}}, [*small, "runtime.strategy=mirrored",
                           "train.epochs=1", "train.steps_per_epoch=2"]), runtime=rt, progress=False)
     # The padded, two-replica validation against a plain one-device pass over the same images.
-    from landmark_kaggle.model import load_model_dir, make_loss, topk_metrics
+    from landmark_kaggle.model import load_model_dir
+    from landmark_kaggle.optim import make_loss, topk_metrics
     from landmark_kaggle.pipeline import build_dataset
     saved = load_model_dir({out!r}).model
     saved.compile(loss=make_loss(cfg), metrics=topk_metrics(4))
@@ -161,8 +160,8 @@ WORKER = textwrap.dedent("""
     rt = setup_runtime("multiworker", "float32")
     from landmark_kaggle.config import config_from_dict
     from landmark_kaggle.train import train_model
-    cfg = config_from_dict({{}}, [*{SMALL!r}, "train.strategy=multiworker", "train.epochs=1",
-                                   "train.steps_per_epoch=3", "train.checkpoint_every_steps=2"])
+    cfg = config_from_dict({{}}, [*{SMALL!r}, "runtime.strategy=multiworker", "train.epochs=1",
+                                   "train.steps_per_epoch=3", "session.checkpoint_every_steps=2"])
     s = train_model({shards!r}, {out!r}, cfg, runtime=rt, progress=False)
     print(json.dumps({{"chief": rt.is_chief, "replicas": rt.replicas, "status": s["status"],
                       "global_step": s["global_step"], "loss": s["history"][0]["loss"]}}))

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmark_kaggle.embstore import StoreError, open_store
+from landmark_kaggle.embstore import StoreError, open_store, probe_image
 from landmark_kaggle.gld import image_path
 from landmark_kaggle.sample import make_sample
 from tfrec_builder import cli
-from tfrec_builder.backends import BackendError, build_backend, l2_normalize, probe_image
+from tfrec_builder.backends import BackendError, build_backend, l2_normalize
 from tfrec_builder.embed import embed_dataset, read_image
 
 APP = "keras:MobileNetV3Small"  # the cheapest keras.applications model that takes 32 px inputs

@@ -1,6 +1,7 @@
 """The submission kernel, run for real: a Kaggle-like input tree, the bundled wheel, a tiny trained model.
 
-``kernels/submission.py`` is executed as Kaggle would run it (cwd = the working
+``kernels/submission.py`` is rendered as ``kernels push`` sends it (the shared
+prelude pasted in) and executed as Kaggle would run it (cwd = the working
 root), with the input and working roots moved under tmp by the environment
 variables ``landmark_kaggle.paths`` reads. It must install the package from the
 wheel dataset (not use this checkout) and leave a submission that ``score`` accepts.
@@ -15,17 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_predict import inference_world, score_json
+from helpers import score_json
 
 from landmark_kaggle import kernels
 from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
 
 
 def test_submission_metadata_is_the_offline_competition_kernel():
@@ -52,7 +48,8 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     working.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    proc = subprocess.run([sys.executable, str(REPO / "kernels" / "submission.py")], cwd=working, env=env,
+    script = kernels.render_kernel("submission", "alice", tmp_path / "rendered") / "submission.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The package came from the wheel, installed into the launcher's private folder.
@@ -82,7 +79,8 @@ def test_build_kernel_writes_shards_from_the_competition_folder(world, tmp_path)
     working.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    proc = subprocess.run([sys.executable, str(REPO / "kernels" / "build" / "build.py")], cwd=working, env=env,
+    script = kernels.render_kernel("build", "alice", tmp_path / "rendered") / "build.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((working / "tfrec" / "manifest.json").read_text())

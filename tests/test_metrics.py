@@ -1,44 +1,21 @@
-"""GAP, top-1 and top-k against values worked out by hand, and against a plain loop over the definition."""
+"""GAP, correctness and the trainer's top-k metrics against values worked out by hand, and GAP against a plain loop."""
 
 import warnings
 
 import numpy as np
 import pytest
+from helpers import hid, loop_gap
 
 from landmark_kaggle.metrics import (
     GroundTruth,
     MetricError,
     correct_predictions,
     global_average_precision,
-    keras_top_k_metrics,
-    top1_accuracy,
-    top_k_accuracy,
 )
-
-
-def hid(name: str) -> str:
-    """A 16-hex id that sorts like ``name`` (hex letters and digits only)."""
-    return name.ljust(16, "0")
-
 
 A, B, C, D, E = (hid(x) for x in ("a", "b", "c", "d", "e"))
 # D shows no landmark; E shows landmark 5 but gets no prediction.
 SOLUTION = {A: [1], B: [2], C: [3], D: [], E: [5]}
-
-
-def loop_gap(ids, lids, confs, solution, ignore_nonlandmark=False):
-    """The definition, one prediction at a time: the oracle for the vectorised version."""
-    m = sum(1 for v in solution.values() if v)
-    preds = sorted(zip(ids, lids, confs, strict=True), key=lambda p: (-p[2], p[0], p[1]))
-    total, hits, rank = 0.0, 0, 0
-    for image, lid, _ in preds:
-        if ignore_nonlandmark and not solution[image]:
-            continue
-        rank += 1
-        if lid in solution[image]:
-            hits += 1
-            total += hits / rank
-    return total / m
 
 
 def test_gap_hand_computed_with_nonlandmark_miss_and_missing_prediction():
@@ -48,7 +25,6 @@ def test_gap_hand_computed_with_nonlandmark_miss_and_missing_prediction():
     assert global_average_precision(ids, lids, confs, SOLUTION) == pytest.approx((1 + 2 / 3) / 4, abs=1e-15)
     # Without D in the ranking B moves up to rank 2: (1 + 2/2) / 4.
     assert global_average_precision(ids, lids, confs, SOLUTION, ignore_nonlandmark=True) == 0.5
-    assert top1_accuracy(ids, lids, SOLUTION) == 0.5
     assert correct_predictions(ids, lids, SOLUTION).tolist() == [True, False, True, False]
 
 
@@ -79,7 +55,7 @@ def test_image_with_several_landmarks_any_is_right():
     truth = {A: [3, 4], B: [7]}
     assert global_average_precision([A, B], [4, 7], [0.9, 0.8], truth) == 1.0
     assert global_average_precision([A, B], [3, 8], [0.9, 0.8], truth) == 0.5
-    assert top1_accuracy([A, B], [4, 8], truth) == 0.5
+    assert correct_predictions([A, B], [4, 8], truth).tolist() == [True, False]
 
 
 def test_solution_without_landmark_images_is_a_clear_error():
@@ -87,8 +63,6 @@ def test_solution_without_landmark_images_is_a_clear_error():
         warnings.simplefilter("error")  # no division-by-zero RuntimeWarning either
         with pytest.raises(MetricError, match="no landmark image"):
             global_average_precision([A], [1], [0.9], {A: [], B: []})
-        with pytest.raises(MetricError, match="no landmark image"):
-            top1_accuracy([A], [1], {A: []})
 
 
 @pytest.mark.parametrize("ids, lids, confs, message", [
@@ -126,7 +100,7 @@ def test_aligned_predictions_need_no_ids():
     lids, confs = [1, 2, 9, 7, -1], [0.9, 0.7, 0.6, 0.8, 0.0]
     assert global_average_precision(None, lids, confs, truth) == pytest.approx((1 + 2 / 3) / 4, abs=1e-15)
     assert correct_predictions(None, lids, truth).tolist() == [True, True, False, False, False]
-    assert top1_accuracy(None, lids, truth) == 0.5
+    assert correct_predictions(None, lids, truth).sum() == 2
     with pytest.raises(MetricError, match="5 ids but landmark_ids has shape"):
         global_average_precision(None, lids[:3], confs[:3], truth)
 
@@ -149,26 +123,14 @@ SCORES = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.2], [0.9, 0.05, 0.05], [0.2, 0.
 LABELS = np.array([2, 0, 1, -1])
 
 
-def test_top_k_accuracy_hand_computed():
-    assert top_k_accuracy(SCORES, LABELS, (1, 2, 10)) == {1: pytest.approx(1 / 3), 2: 1.0, 10: 1.0}
-    # Chunking does not change the answer.
-    assert top_k_accuracy(SCORES, LABELS, (1, 2), chunk_rows=1) == top_k_accuracy(SCORES, LABELS, (1, 2))
-    with pytest.raises(MetricError, match="no row has a label"):
-        top_k_accuracy(SCORES[3:], LABELS[3:])
-
-
 @pytest.mark.slow
-def test_keras_top_k_metrics_agree_with_numpy():
-    rng = np.random.default_rng(0)
-    scores = rng.random((64, 50)).astype(np.float32)
-    labels = rng.integers(50, size=64)
-    ours = top_k_accuracy(scores, labels, (1, 10, 100))
-    metrics = keras_top_k_metrics(50, (1, 10, 100))
-    assert [m.name for m in metrics] == ["top1", "top10", "top100"]
-    for metric, k in zip(metrics, (1, 10, 100), strict=True):
-        metric.update_state(labels, scores)
-        assert float(metric.result()) == pytest.approx(ours[k], abs=1e-6)
-    # The tie rule matches too (row 1 and row 2 of the hand example).
-    for metric, k in zip(keras_top_k_metrics(3, (1, 2)), (1, 2), strict=True):
+def test_trainer_top_k_metrics_hand_computed():
+    from landmark_kaggle.optim import topk_metrics
+
+    # k above the class count is capped (always right), so history columns are the same for every dataset.
+    metrics = topk_metrics(3)
+    assert [m.name for m in metrics] == ["top1", "top10", "top100", "top1000"]
+    # Row 0 is right from k=2; row 1's tie counts in (as keras.ops.in_top_k does); row 2 from k=2.
+    for metric, expected in zip(metrics, (1 / 3, 1.0, 1.0, 1.0), strict=True):
         metric.update_state(LABELS[:3], SCORES[:3])
-        assert float(metric.result()) == pytest.approx(top_k_accuracy(SCORES, LABELS, (k,))[k], abs=1e-6)
+        assert float(metric.result()) == pytest.approx(expected, abs=1e-6)

@@ -5,13 +5,14 @@ import pandas as pd
 import pytest
 
 from landmark_kaggle.cli import main
-from landmark_kaggle.clibase import UserError
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.embstore import StoreWriter, open_store
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.gld import load_train_index
 from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D
 from landmark_kaggle.memory import estimate
 from landmark_kaggle.model import build_backbone, build_model, embedding_model, load_model_dir
+from landmark_kaggle.optim import compile_model
 from landmark_kaggle.sample import make_sample
 from landmark_kaggle.train_embeddings import train_on_embeddings
 
@@ -21,7 +22,8 @@ SMALL = ["data.image_size=32", "model.backbone=MobileNetV3Small"]
 def test_options_gem_neck_subcenters_and_dynamic_margins_are_wired():
     cfg = config_from_dict({}, [*SMALL, "model.pooling=gem", "model.gem_p=2.5", "model.embedding_dim=24",
                                 "model.subcenters=3", "model.dynamic_margin=true", "model.scale=16"])
-    model = build_model(cfg, 5, class_counts=[1, 2, 4, 8, 100])
+    model = build_model(cfg, 5)
+    compile_model(model, cfg, [1, 2, 4, 8, 100])
     assert isinstance(model.get_layer("pool"), GeMPooling2D) and model.get_layer("pool").p == 2.5
     assert model.get_layer("embedding").output.shape[-1] == 24
     head = model.get_layer("logits")
@@ -34,7 +36,7 @@ def test_options_gem_neck_subcenters_and_dynamic_margins_are_wired():
     emb = embedding_model(model).predict(images, verbose=0)
     assert emb.shape == (2, 24) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     with pytest.raises(UserError, match="class counts"):
-        build_model(cfg, 5)
+        compile_model(build_model(cfg, 5), cfg)
 
 
 def test_backbone_weights_come_from_a_local_file(tmp_path):
@@ -98,8 +100,8 @@ def embedded(tmp_path_factory):
 @pytest.mark.slow
 def test_train_embeddings_learns_clustered_vectors_and_counts_what_it_skips(embedded):
     root, n = embedded
-    cfg = config_from_dict({}, ["train.epochs=12", "train.batch_size=16", "train.warmup_epochs=0",
-                                "train.learning_rate=0.01", "model.embedding_dim=32", "model.dropout=0"])
+    cfg = config_from_dict({}, ["train.epochs=12", "train.batch_size=16", "optim.warmup_epochs=0",
+                                "optim.learning_rate=0.01", "model.embedding_dim=32", "model.dropout=0"])
     s = train_on_embeddings(root / "store", root / "gld", root / "model", cfg, val_fraction=0.2, progress=False)
     assert (s["store_rows_without_label"], s["images_without_vector"], s["unreadable_rows"]) == (1, 1, 1)
     assert s["trained_on"] + s["validated_on"] == n - 2 and s["validated_on"] > 0

@@ -3,10 +3,8 @@
 
 import cv2
 import numpy as np
-import pytest
 import tensorflow as tf
-from conftest import REALDATA
-from trainutil import make_shards
+from helpers import REALDATA
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.pipeline import (
@@ -19,11 +17,6 @@ from landmark_kaggle.pipeline import (
 )
 
 REAL = REALDATA
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("pipe"))
 
 
 def _cfg(*sets):

@@ -1,116 +1,17 @@
 """`landmark-kaggle predict` on the embedded sample with a tiny trained model: a valid, scorable submission.
 
-``inference_world`` (also used by test_retrieval and test_kernels) builds, once
-per session under pytest's base temp: the sample dataset, training shards
-written with ``records.encode_example``, an EfficientNetV2-B0 model trained for
-a few epochs at 32 px (the trainer's own ``build_model``/``save_model_dir``),
-a retrieval index of the training shards and an index of non-landmark views.
+The ``world`` fixture (conftest, ``helpers.inference_world``) holds the sample,
+its shards, an EfficientNetV2-B0 trained for a few epochs at 32 px, a retrieval
+index of the training shards and an index of non-landmark views.
 """
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
-
-
-def _distractor_folder(out: Path, n: int = 24, seed: int = 5) -> Path:
-    """Views of the sample's non-landmark photos (textures, text), never the test images themselves."""
-    from landmark_kaggle.gld import image_path
-    from landmark_kaggle.sample import DISTRACTOR_SOURCES, encode_jpeg, load_source, random_view
-
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        src = load_source(*DISTRACTOR_SOURCES[i % len(DISTRACTOR_SOURCES)])
-        view = random_view(src, rng, (48, 64))
-        path = image_path(out, "test", f"{int(rng.integers(1 << 62)):016x}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_jpeg(view, 90))
-    return out
-
-
-def write_shards(root: Path, out: Path, split: str = "train") -> Path:
-    import tensorflow as tf
-
-    from landmark_kaggle.gld import load_test_index, load_train_index, write_label_map
-    from landmark_kaggle.records import encode_example, shard_name
-
-    index = load_train_index(root) if split == "train" else load_test_index(root)
-    lm = dict(zip(index.label_map["landmark_id"], index.label_map["label"], strict=True))
-    out.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(out / shard_name(split, 0, 1))) as writer:
-        for row in index.frame.itertuples():
-            data = Path(row.path).read_bytes()
-            h, w = tf.io.decode_jpeg(data).shape[:2]
-            writer.write(encode_example(image_bytes=data, image_id=row.id, label=int(lm.get(row.landmark_id, -1)),
-                                        landmark_id=int(row.landmark_id), height=int(h), width=int(w)))
-    if split == "train":
-        write_label_map(index.label_map, out / "label_map.csv")
-    return out
-
-
-def _train_model(root: Path, out: Path) -> Path:
-    import tensorflow as tf
-
-    from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.gld import load_train_index
-    from landmark_kaggle.model import build_model, save_model_dir
-    from landmark_kaggle.pipeline import decode_image, eval_transform
-
-    index = load_train_index(root)
-    cfg = config_from_dict({"data": {"image_size": 32},
-                            "model": {"backbone": "EfficientNetV2B0", "embedding_dim": 32, "dropout": 0.0},
-                            "train": {"learning_rate": 3e-3, "warmup_epochs": 0, "epochs": 12},
-                            "inference": {"batch_size": 16, "topk_neighbours": 3}})
-    x = np.stack([eval_transform(decode_image(tf.io.read_file(p)), cfg.data).numpy() for p in index.frame["path"]])
-    y = index.frame["label"].to_numpy()
-    model = build_model(cfg, len(index.label_map), steps_per_epoch=-(-len(x) // 8))
-    model.fit(x, y, batch_size=8, epochs=cfg.train.epochs, verbose=0, shuffle=True)
-    return save_model_dir(model, cfg, index.label_map, out)
-
-
-def inference_world(base: Path) -> dict:
-    """Build (or reuse, within one pytest session) sample + shards + model + indexes under base."""
-    import keras
-
-    from landmark_kaggle.retrieval import build_index
-    from landmark_kaggle.sample import make_sample
-
-    world = {"root": base / "sample", "tfrec": base / "tfrec", "model": base / "model",
-             "index": base / "index", "distractors": base / "distractors"}
-    if (base / "done").is_file():
-        return world
-    if base.exists():
-        shutil.rmtree(base)
-    keras.utils.set_random_seed(0)
-    make_sample(world["root"], num_classes=6, max_per_class=12, image_size=(48, 64), seed=0)
-    write_shards(world["root"], world["tfrec"])
-    _train_model(world["root"], world["model"])
-    build_index(world["model"], world["index"], data=str(world["tfrec"]))
-    build_index(world["model"], world["distractors"], images=str(_distractor_folder(base / "distractor_images")))
-    (base / "done").write_text("ok")
-    return world
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
-def score_json(solution, submission) -> dict:
-    proc = run_cli("score", "--solution", solution, "--submission", submission, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+from helpers import write_shards
 
 
 @pytest.mark.slow

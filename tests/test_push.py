@@ -8,6 +8,7 @@ absolute URL of ``POST /api/v1/kernels.KernelsApiService/SaveKernel``.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -107,7 +108,9 @@ def test_push_submission_kernel_sends_code_metadata_and_sources(tmp_path, kaggle
     body = req["body"]
     assert body["slug"] == "alice/landmark-kaggle-submission"
     assert body["newTitle"] == "Landmark Kaggle Submission"
-    assert body["text"] == (REPO / "kernels" / "submission.py").read_text(encoding="utf-8")
+    # The launcher with the shared prelude pasted in: one self-contained script.
+    assert body["text"] == kernels.render_code(REPO / "kernels" / "submission.py")
+    assert not kernels.PRELUDE_IMPORT.search(body["text"]) and "def install_package()" in body["text"]
     assert body["language"] == "python" and body["kernelType"] == "script"
     assert body["enableGpu"] is True
     # Internet must be off in the competition kernel; an absent key would mean "on" to the server.
@@ -129,7 +132,7 @@ def test_push_train_kernel_with_accelerator_override(tmp_path, kaggle_env, kaggl
     body = seen[0]["body"]
     assert body["slug"] == "alice/landmark-kaggle-train"
     assert body["machineShape"] == "NvidiaTeslaT4"
-    assert body["text"] == (REPO / "kernels" / "train" / "train.py").read_text(encoding="utf-8")
+    assert body["text"] == kernels.render_code(REPO / "kernels" / "train" / "train.py")
     assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-tfrec"]
     rendered = json.loads((tmp_path / "k" / "train" / "kernel-metadata.json").read_text())
     assert rendered["code_file"] == "train.py" and rendered["machine_shape"] == "NvidiaTeslaT4"
@@ -160,7 +163,8 @@ def test_bad_metadata_is_refused_before_any_request(tmp_path, kaggle_env, kaggle
     _, seen = kaggle_server
     repo = tmp_path / "repo"
     (repo / "kernels").mkdir(parents=True)
-    (repo / "kernels" / "submission.py").write_text("print('hi')\n")
+    (repo / "kernels" / "submission.py").write_text("from prelude import run\n")
+    shutil.copy2(REPO / kernels.PRELUDE, repo / kernels.PRELUDE)
     good = json.loads((REPO / "kernel-metadata.json").read_text())
     cases = {
         "title must be at least five": {"title": "Subm"},

@@ -4,20 +4,15 @@ import json
 
 import numpy as np
 import pytest
-from test_predict import inference_world
 
 from landmark_kaggle import retrieval
+from landmark_kaggle.embed_index import build_index
 from landmark_kaggle.embstore import StoreError
 
 
 def _unit(rng, n, d):
     x = rng.normal(size=(n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
 
 
 @pytest.mark.parametrize("block_rows", [7, 64, 100000])
@@ -83,7 +78,7 @@ def test_index_holds_every_training_image_with_unit_rows(world):
 @pytest.mark.slow
 def test_interrupted_index_resumes_to_the_same_rows(world, tmp_path):
     out = tmp_path / "index"
-    retrieval.build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
+    build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
     first = np.load(out / "matrix.npy").copy()
     # A kill mid-chunk: the chunk's rows are garbage and its marker was never written.
     (out / "chunks" / "00001.json").unlink()
@@ -95,7 +90,7 @@ def test_interrupted_index_resumes_to_the_same_rows(world, tmp_path):
     (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     with pytest.raises(StoreError, match="incomplete"):
         retrieval.RetrievalIndex(out)
-    retrieval.build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
+    build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
     np.testing.assert_array_equal(np.load(out / "matrix.npy"), first)
 
 

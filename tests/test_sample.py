@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from landmark_kaggle import gld
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.sample import make_sample
 
 

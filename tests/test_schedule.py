@@ -43,5 +43,5 @@ def test_schedule_round_trips_and_drives_adamw():
 
 
 def test_learning_rate_scales_with_the_global_batch_factor():
-    cfg = config_from_dict({}, ["train.learning_rate=0.001", "train.warmup_epochs=0"])
-    assert float(schedule_from_config(cfg.train, 5, lr_factor=8)(0)) == pytest.approx(0.008)
+    cfg = config_from_dict({}, ["optim.learning_rate=0.001", "optim.warmup_epochs=0"])
+    assert float(schedule_from_config(cfg, 5, lr_factor=8)(0)) == pytest.approx(0.008)

@@ -5,14 +5,11 @@ import subprocess
 
 import pandas as pd
 import pytest
+from helpers import hid
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.sample import make_sample
 from landmark_kaggle.submission import write_submission
-
-
-def hid(name: str) -> str:
-    return name.ljust(16, "0")
 
 
 def write(path, text):

@@ -5,7 +5,7 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from conftest import REALDATA
+from helpers import REALDATA
 
 from tfrec_builder import cli
 from tfrec_builder.backends import build_backend, l2_normalize

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import hid
 
 from landmark_kaggle.metrics import MetricError
 from landmark_kaggle.submission import (
@@ -15,10 +16,6 @@ from landmark_kaggle.submission import (
     validate_submission,
     write_submission,
 )
-
-
-def hid(name: str) -> str:
-    return name.ljust(16, "0")
 
 
 def write(path, text):

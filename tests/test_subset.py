@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from landmark_kaggle import gld
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.sample import make_sample
 from landmark_kaggle.subset import make_subset
 

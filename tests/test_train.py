@@ -13,29 +13,24 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-from trainutil import make_shards
 
 from landmark_kaggle.cli import main
-from landmark_kaggle.clibase import UserError
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.distribute import setup_runtime
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.gld import read_label_map
 from landmark_kaggle.model import build_model, embedding_model, load_model_dir
+from landmark_kaggle.optim import compile_model
 from landmark_kaggle.pipeline import build_dataset
 from landmark_kaggle.train import SimulatedCrash, parse_duration, train_model
 
-BASE = ["data.image_size=32", "train.warmup_epochs=0", "train.learning_rate=0.002", "model.dropout=0",
-        "train.batch_size=8", "train.strategy=cpu", "train.precision=float32", "data.deterministic=true",
-        "data.shuffle_buffer=64", "data.min_crop_area=0.7", "data.color_jitter=0.1", "train.decay_rate=0.9"]
+BASE = ["data.image_size=32", "optim.warmup_epochs=0", "optim.learning_rate=0.002", "model.dropout=0",
+        "train.batch_size=8", "runtime.strategy=cpu", "runtime.precision=float32", "data.deterministic=true",
+        "data.shuffle_buffer=64", "data.min_crop_area=0.7", "data.color_jitter=0.1", "optim.decay_rate=0.9"]
 # Dropout on, so the resumed runs must also restore the dropout masks' random state.
 SMALL = [*BASE, "model.backbone=MobileNetV3Small", "train.epochs=3", "train.steps_per_epoch=3",
-         "train.checkpoint_every_steps=2", "model.dropout=0.3"]
+         "session.checkpoint_every_steps=2", "model.dropout=0.3"]
 COMPARED = ["epoch", "lr", "loss", "top1", "top10", "val_loss", "val_top1", "val_top10", "steps"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +73,8 @@ def test_saved_model_reloads_without_custom_objects_and_gives_identical_logits(t
     assert bundle.label_map.equals(read_label_map(shards / "label_map.csv"))
     assert json.loads((out / "config.json").read_text())["num_classes"] == 4
     # The in-training model, rebuilt from its last checkpoint (weights + AdamW state), vs the saved folder.
-    live = build_model(cfg, 4, steps_per_epoch=4)
+    live = build_model(cfg, 4)
+    compile_model(live, cfg, steps_per_epoch=4)
     live.optimizer.build(live.trainable_variables)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     live.load_weights(out / "checkpoint" / state["weights"])
@@ -114,8 +110,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_history(shards, uninterrup
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
     with pytest.raises(UserError, match="--resume"):
         train_model(str(shards), out, cfg, progress=False)
-    changed = config_from_dict({}, [*SMALL, "train.learning_rate=0.01"])
-    with pytest.raises(UserError, match="train.learning_rate"):
+    changed = config_from_dict({}, [*SMALL, "optim.learning_rate=0.01"])
+    with pytest.raises(UserError, match="optim.learning_rate"):
         train_model(str(shards), out, changed, progress=False, resume=True)
     summary = train_model(str(shards), out, cfg, progress=False, resume=True)
     assert summary["status"] == "complete" and summary["global_step"] == 9
@@ -153,8 +149,8 @@ def test_parse_duration():
 
 @pytest.mark.slow
 def test_mixed_bfloat16_on_cpu_trains_and_logits_are_float32(shards, tmp_path):
-    cfg = config_from_dict({}, [*SMALL, "train.precision=mixed_bfloat16", "train.epochs=1",
-                                "train.checkpoint_every_steps=0"])
+    cfg = config_from_dict({}, [*SMALL, "runtime.precision=mixed_bfloat16", "train.epochs=1",
+                                "session.checkpoint_every_steps=0"])
     try:
         rt = setup_runtime("cpu", "mixed_bfloat16")
         summary = train_model(str(shards), tmp_path / "model", cfg, runtime=rt, progress=False)
@@ -175,9 +171,9 @@ def test_resume_check_refuses_a_changed_setting_but_not_the_embedding_only_sampl
 
     cfg = config_from_dict({"train": {"epochs": 2}})
     old = _flat(cfg)
-    del old["train.class_sample"]  # a checkpoint written before the field existed
+    del old["embeddings.class_sample"]  # a checkpoint written before the field existed
     _check_same_run({"config": old, "num_classes": 4}, cfg, 4, tmp_path)
-    _check_same_run({"config": old | {"train.class_sample": 0.3}, "num_classes": 4}, cfg, 4, tmp_path)
+    _check_same_run({"config": old | {"embeddings.class_sample": 0.3}, "num_classes": 4}, cfg, 4, tmp_path)
     changed = _flat(config_from_dict({"train": {"epochs": 2, "learning_rate": 0.5}}))
-    with pytest.raises(UserError, match=r"train.learning_rate: 0.5 -> 0.001"):
+    with pytest.raises(UserError, match=r"optim.learning_rate: 0.5 -> 0.001"):
         _check_same_run({"config": changed, "num_classes": 4}, cfg, 4, tmp_path)

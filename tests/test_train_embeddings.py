@@ -12,7 +12,7 @@ import tensorflow as tf
 from landmark_kaggle.config import ConfigError, config_from_dict
 from landmark_kaggle.embstore import StoreWriter
 from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, dynamic_margins
-from landmark_kaggle.model import load_model_dir, save_model_dir
+from landmark_kaggle.model import build_embedding_model, load_model_dir, save_model_dir
 from landmark_kaggle.partial_fc import (
     PartialFCTrainer,
     partial_fc_loss,
@@ -21,7 +21,7 @@ from landmark_kaggle.partial_fc import (
     sample_size,
     subset_cosine,
 )
-from landmark_kaggle.train_embeddings import build_embedding_model, make_trainer, train_on_embeddings
+from landmark_kaggle.train_embeddings import make_trainer, train_on_embeddings
 
 SCALE = 16.0
 
@@ -53,11 +53,11 @@ def test_auto_rate_sample_size_and_config_validation():
     assert sample_size(81_313, 0.1, 4096) == 8132  # ⌈8131.3⌉
     assert sample_size(81_313, 0.01, 4096) == 4096  # never fewer than the batch: every label must fit
     assert sample_size(100, 0.5, 512) == 100 and sample_size(100, 1.0, 4) == 100
-    assert config_from_dict({}, ["train.class_sample=0.3"]).train.class_sample == 0.3
-    assert config_from_dict({}).train.class_sample == 0.0
+    assert config_from_dict({}, ["embeddings.class_sample=0.3"]).embeddings.class_sample == 0.3
+    assert config_from_dict({}).embeddings.class_sample == 0.0
     for bad in ("1.5", "-0.1"):
-        with pytest.raises(ConfigError, match=r"train.class_sample = .* must be in \[0, 1\]"):
-            config_from_dict({}, [f"train.class_sample={bad}"])
+        with pytest.raises(ConfigError, match=r"embeddings.class_sample = .* must be in \[0, 1\]"):
+            config_from_dict({}, [f"embeddings.class_sample={bad}"])
 
 
 def test_the_sample_holds_every_batch_label_k_distinct_classes_and_fresh_negatives():
@@ -132,9 +132,9 @@ def clustered(num_classes, per_class, dim, seed=0):
 
 
 def test_partial_fc_trainer_learns_and_its_model_reloads_plain_with_the_same_logits(tmp_path):
-    cfg = config_from_dict({}, ["train.epochs=6", "train.warmup_epochs=0", "train.learning_rate=0.01",
+    cfg = config_from_dict({}, ["train.epochs=6", "optim.warmup_epochs=0", "optim.learning_rate=0.01",
                                 "model.embedding_dim=32", "model.dropout=0", "model.scale=16",
-                                "train.class_sample=0.2", "model.dynamic_margin=true"])
+                                "embeddings.class_sample=0.2", "model.dynamic_margin=true"])
     x, y = clustered(60, 12, 24)
     keras.utils.set_random_seed(0)
     model = build_embedding_model(cfg, 24, 60)
@@ -169,8 +169,8 @@ class StopAfter(keras.callbacks.Callback):
 
 
 def test_backup_and_restore_resumes_a_partial_fc_run(tmp_path):
-    cfg = config_from_dict({}, ["train.warmup_epochs=0", "train.learning_rate=0.01", "model.embedding_dim=16",
-                                "model.dropout=0", "train.class_sample=0.25"])
+    cfg = config_from_dict({}, ["optim.warmup_epochs=0", "optim.learning_rate=0.01", "model.embedding_dim=16",
+                                "model.dropout=0", "embeddings.class_sample=0.25"])
     x, y = clustered(40, 8, 16, seed=2)
 
     def fit(extra):
@@ -203,9 +203,9 @@ def write_gld(root, num_classes, per_class, dim):
 
 def test_train_embeddings_samples_classes_and_writes_a_plain_model(tmp_path):
     write_gld(tmp_path, 80, 10, 24)
-    cfg = config_from_dict({}, ["train.epochs=8", "train.batch_size=32", "train.warmup_epochs=0",
-                                "train.learning_rate=0.01", "model.embedding_dim=32", "model.dropout=0",
-                                "train.class_sample=0.1"])
+    cfg = config_from_dict({}, ["train.epochs=8", "train.batch_size=32", "optim.warmup_epochs=0",
+                                "optim.learning_rate=0.01", "model.embedding_dim=32", "model.dropout=0",
+                                "embeddings.class_sample=0.1"])
     s = train_on_embeddings(tmp_path / "store", tmp_path / "gld", tmp_path / "model", cfg, val_fraction=0.2,
                             progress=False)
     assert s["classes_per_step"] == 32 and s["num_classes"] == 80 and s["batch_size"] == 32

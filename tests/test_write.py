@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import REALDATA
+from helpers import REALDATA, real_folder
 from PIL import Image
 
 from landmark_kaggle import gld, records
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
@@ -228,24 +228,9 @@ def test_resume_after_a_kill_between_state_and_rename(sample, built, tmp_path):
     assert {p: out.joinpath(p).stat().st_mtime_ns for p in before} == before
 
 
-def _real_folder(root: Path, copies: int) -> Path:
-    """A GLDv2 folder of real GLDv2 photos: each of the 13 test JPEGs under ``copies`` ids, 13 classes."""
-    rng = np.random.default_rng(7)
-    rows = []
-    for k, src in enumerate(sorted(REAL.glob("*.jpg"))):
-        for _ in range(copies):
-            image_id = "".join(rng.choice(list("0123456789abcdef"), 16))
-            dst = gld.image_path(root, "train", image_id)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            rows.append((image_id, 1000 + k))
-    pd.DataFrame(rows, columns=["id", "landmark_id"]).to_csv(root / "train.csv", index=False)
-    return root
-
-
 @pytest.mark.slow
 def test_killed_write_subprocess_resumes_byte_identical(tmp_path):
-    data = _real_folder(tmp_path / "gld", copies=30)
+    data = real_folder(tmp_path / "gld", copies=30)
     args = ["--image-size", "300", "--shard-mb", "0.3", "--val-fraction", "0.1", "--workers", "1", "--no-progress"]
     clean = tmp_path / "clean"
     write_dataset(data, clean, image_size=300, shard_mb=0.3, val_fraction=0.1, workers=1, progress=False)

@@ -26,7 +26,6 @@ simply run again (about 4 minutes for all of GLDv2 on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -36,8 +35,9 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from landmark_kaggle.clibase import UserError
 from landmark_kaggle.embstore import MATRIX, StoreError, open_store
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import atomic_path, atomic_write_json
 from landmark_kaggle.gld import BUCKETS, bucket_of, load_train_index
 from tfrec_builder import cluster
 
@@ -96,9 +96,8 @@ def _usable_store_rows(store_path: Path, count: int) -> tuple[np.ndarray, np.nda
 
 
 def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def _noise_scores(data_dir: Path, ids: pd.Series, removed: set[str]) -> dict | None:
@@ -209,9 +208,7 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
                           min_class_size=min_class_size, jobs=jobs, sklearn_max_class=cluster.SKLEARN_MAX,
                           center=center))
     report["seconds"] = round(time.time() - start, 3)
-    tmp = out_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "report.json")
+    atomic_write_json(out_dir / "report.json", report)
     return report
 
 

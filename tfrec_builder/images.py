@@ -179,8 +179,3 @@ def read_file(path: str | os.PathLike) -> bytes:
         raise ImageError("missing file") from None
     except OSError as exc:
         raise ImageError(f"unreadable file ({exc.strerror or exc})") from None
-
-
-def prepare_file(path: str | os.PathLike, image_size: int, quality: int) -> Prepared:
-    """The stored form of one image file, or ImageError with the reason it cannot be stored."""
-    return prepare_bytes(read_file(path), image_size, quality)

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from landmark_kaggle import gld
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from tfrec_builder import manifest as mf
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfrec_builder.backends import Backend, BackendError, file_sha256, resize_square
+from landmark_kaggle.fileio import file_sha256
+from tfrec_builder.backends import Backend, BackendError, resize_square, weights_file
 
 DEFAULT_SEG_SIZE = 512
 
@@ -89,9 +90,7 @@ class MMSegBackend(Backend):
             torch.manual_seed(seed)
             checkpoint, self.weights, self.weights_sha256 = None, "none", f"random:seed{seed}"
         else:
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise BackendError(f"{self.name}: weights file {path} not found")
+            path = weights_file(weights, self.name)
             checkpoint, self.weights, self.weights_sha256 = str(path), str(path), file_sha256(path)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -14,7 +14,7 @@ from itertools import combinations
 
 import numpy as np
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from tfrec_builder.backends import build_backend, l2_normalize
 from tfrec_builder.embed import read_image
 

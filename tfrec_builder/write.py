@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from landmark_kaggle import gld
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.records import SPLITS
 from tfrec_builder import manifest as mf
 from tfrec_builder.plan import Plan, ShardPlan, make_plan

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("landmark_kaggle.traincli", "train EfficientNetV2-S + ArcFace on TFRecord shards into a model folder"),
     "train-embeddings": ("landmark_kaggle.train_embeddings", "fit cosine classifier + ArcFace on an embeddings store"),
     "predict": ("landmark_kaggle.predict", "submission.csv from a model folder, with optional retrieval re-ranking"),
-    "embed-index": ("landmark_kaggle.retrieval", "embed training shards into a retrieval index for predict --index"),
+    "embed-index": ("landmark_kaggle.embed_index", "embed training shards into a retrieval index for predict --index"),
     "kernels": ("landmark_kaggle.kernels", "bundle the package and model as Kaggle datasets; render and push kernels"),
     "subset": ("landmark_kaggle.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
     "score": ("landmark_kaggle.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),

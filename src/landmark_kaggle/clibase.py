@@ -13,9 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one clear message, no traceback."""
+from landmark_kaggle.errors import UserError
 
 
 def build_parser(prog: str, description: str, commands: dict[str, tuple[str, str]],

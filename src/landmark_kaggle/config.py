@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 
 
 class ConfigError(UserError):
@@ -55,11 +55,25 @@ class ModelConfig:
     margin_max: float = 0.5
 
 
+STRATEGIES = ("auto", "tpu", "mirrored", "multiworker", "cpu")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """The training loop: how long, on what batch, from which seed."""
+
     epochs: int = 15
     batch_size: int = 64  # global; per replica = batch_size / replicas
     scale_batch_with_replicas: bool = False
+    steps_per_epoch: int = 0  # 0: one pass over the training shards
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and the learning-rate schedule of the poster's Figure 7 (``schedule.py``)."""
+
     learning_rate: float = 1e-3
     scale_lr_with_replicas: bool = True
     weight_decay: float = 1e-5
@@ -69,14 +83,30 @@ class TrainConfig:
     decay_rate: float = 0.8
     min_lr: float = 1e-6
     clipnorm: float = 0.0
-    steps_per_epoch: int = 0  # 0: one pass over the training shards
-    checkpoint_every_steps: int = 0
-    strategy: str = "auto"  # auto | tpu | mirrored | multiworker | cpu
-    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
-    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the training runs: distribution strategy and precision policy (``distribute.py``)."""
+
+    strategy: str = "auto"  # see STRATEGIES
+    precision: str = "auto"  # see PRECISIONS
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Living with sessions that end (Kaggle's 9-12 h): stop in time, save often."""
+
     time_budget: str = ""  # e.g. "8h30m"; empty: no budget
-    # train-embeddings only: share of classes in each step's softmax (Partial FC); 1.0: full softmax,
-    # 0: auto (0.1 above 20,000 classes, else 1.0). Validation and the saved model always use every class.
+    checkpoint_every_steps: int = 0
+
+
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    """``train-embeddings`` only (the poster's Figure 6 model on stored vectors)."""
+
+    # Share of classes in each step's softmax (Partial FC); 1.0: full softmax, 0: auto (0.1 above 20,000
+    # classes, else 1.0). Validation and the saved model always use every class.
     class_sample: float = 0.0
 
 
@@ -93,6 +123,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def validate(self) -> Config:
@@ -114,22 +148,19 @@ class Config:
              "must be in [0, model.margin_max]"),
             ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
             ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
-            ("train.learning_rate", self.train.learning_rate > 0, "must be > 0"),
-            ("train.weight_decay", self.train.weight_decay >= 0, "must be >= 0"),
-            ("train.warmup_epochs", self.train.warmup_epochs >= 0, "must be >= 0"),
-            ("train.sustain_epochs", self.train.sustain_epochs >= 0, "must be >= 0"),
-            ("train.decay", self.train.decay in ("exponential", "cosine"),
-             "must be 'exponential' or 'cosine'"),
-            ("train.decay_rate", 0 < self.train.decay_rate <= 1, "must be in (0, 1]"),
-            ("train.min_lr", self.train.min_lr >= 0, "must be >= 0"),
-            ("train.clipnorm", self.train.clipnorm >= 0, "must be >= 0"),
             ("train.steps_per_epoch", self.train.steps_per_epoch >= 0, "must be >= 0"),
-            ("train.checkpoint_every_steps", self.train.checkpoint_every_steps >= 0, "must be >= 0"),
-            ("train.strategy", self.train.strategy in ("auto", "tpu", "mirrored", "multiworker", "cpu"),
-             "must be one of auto, tpu, mirrored, multiworker, cpu"),
-            ("train.class_sample", 0 <= self.train.class_sample <= 1, "must be in [0, 1] (0: auto)"),
-            ("train.precision", self.train.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-             "must be one of auto, float32, mixed_bfloat16, mixed_float16"),
+            ("optim.learning_rate", self.optim.learning_rate > 0, "must be > 0"),
+            ("optim.weight_decay", self.optim.weight_decay >= 0, "must be >= 0"),
+            ("optim.warmup_epochs", self.optim.warmup_epochs >= 0, "must be >= 0"),
+            ("optim.sustain_epochs", self.optim.sustain_epochs >= 0, "must be >= 0"),
+            ("optim.decay", self.optim.decay in ("exponential", "cosine"), "must be 'exponential' or 'cosine'"),
+            ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "must be in (0, 1]"),
+            ("optim.min_lr", self.optim.min_lr >= 0, "must be >= 0"),
+            ("optim.clipnorm", self.optim.clipnorm >= 0, "must be >= 0"),
+            ("runtime.strategy", self.runtime.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+            ("runtime.precision", self.runtime.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+            ("session.checkpoint_every_steps", self.session.checkpoint_every_steps >= 0, "must be >= 0"),
+            ("embeddings.class_sample", 0 <= self.embeddings.class_sample <= 1, "must be in [0, 1] (0: auto)"),
             ("inference.batch_size", self.inference.batch_size >= 1, "must be >= 1"),
             ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),
             ("inference.retrieval_weight", 0 <= self.inference.retrieval_weight <= 1, "must be in [0, 1]"),
@@ -142,6 +173,9 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -215,10 +249,43 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value.strip()
 
 
-def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+# Keys that lived in the one ``train`` section before it was split (config.json of older model folders and
+# checkpoints): where each lives now.
+MOVED_KEYS = {
+    **{f"train.{k}": f"optim.{k}" for k in ("learning_rate", "scale_lr_with_replicas", "weight_decay",
+                                            "warmup_epochs", "sustain_epochs", "decay", "decay_rate", "min_lr",
+                                            "clipnorm")},
+    "train.strategy": "runtime.strategy", "train.precision": "runtime.precision",
+    "train.time_budget": "session.time_budget", "train.checkpoint_every_steps": "session.checkpoint_every_steps",
+    "train.class_sample": "embeddings.class_sample",
+}
+
+
+def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping written before the sections were split, moved to today's sections (a copy)."""
     merged: dict[str, Any] = json.loads(json.dumps(values or {}))
+    train = merged.get("train")
+    if isinstance(train, dict):
+        for old, new in MOVED_KEYS.items():
+            key = old.split(".", 1)[1]
+            if key in train:
+                section, name = new.split(".")
+                merged.setdefault(section, {}).setdefault(name, train.pop(key))
+    return merged
+
+
+def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
+    """The same move for a flat ``{"section.key": value}`` mapping (a checkpoint's recorded settings)."""
+    return {MOVED_KEYS.get(k, k): v for k, v in flat.items()}
+
+
+def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A validated Config from a (possibly older) mapping of sections, then ``section.key=value`` overrides."""
+    merged = migrate(values)
     for text in overrides:
         (section, key), value = parse_override(text)
+        if f"{section}.{key}" in MOVED_KEYS:
+            raise ConfigError(f"{section}.{key} is now {MOVED_KEYS[f'{section}.{key}']}")
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(f"{section} must be a mapping")
@@ -264,6 +331,7 @@ def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = No
 
 def add_config_arguments(parser: Any) -> None:
     """The ``--config`` / ``--set`` pair every config-driven command shares."""
-    parser.add_argument("--config", help="YAML or JSON config file (sections: data, model, train, inference)")
+    parser.add_argument("--config", help="YAML or JSON config file (sections: data, model, train, optim, runtime, "
+                                          "session, embeddings, inference)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set train.epochs=3 (repeatable)")

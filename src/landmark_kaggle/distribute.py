@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from landmark_kaggle.clibase import UserError
-
-STRATEGIES = ("auto", "tpu", "mirrored", "multiworker", "cpu")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+from landmark_kaggle.config import PRECISIONS, STRATEGIES
+from landmark_kaggle.errors import UserError
 
 
 @dataclass
@@ -107,16 +105,17 @@ def split_cpu(n: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
 
 
-def global_batch(train_cfg, replicas: int) -> tuple[int, float]:
+def global_batch(cfg, replicas: int) -> tuple[int, float]:
     """The global batch and the learning-rate factor (linear scaling with the batch).
 
     ``train.batch_size`` is global; with ``train.scale_batch_with_replicas`` it
     is per replica instead and the global batch grows with the replica count.
-    The rate scales by global / configured batch when ``train.scale_lr_with_replicas``.
+    The rate scales by global / configured batch when ``optim.scale_lr_with_replicas``.
     """
-    batch = train_cfg.batch_size * (replicas if train_cfg.scale_batch_with_replicas else 1)
+    t = cfg.train
+    batch = t.batch_size * (replicas if t.scale_batch_with_replicas else 1)
     if batch % replicas:
-        raise UserError(f"train.batch_size = {train_cfg.batch_size}: the global batch {batch} does not split "
+        raise UserError(f"train.batch_size = {t.batch_size}: the global batch {batch} does not split "
                         f"evenly over {replicas} replicas")
-    factor = batch / train_cfg.batch_size if train_cfg.scale_lr_with_replicas else 1.0
+    factor = batch / t.batch_size if cfg.optim.scale_lr_with_replicas else 1.0
     return batch, factor

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, we
                     + ", ".join(f"{k}: {v}" for k, v in s["buckets"].items()))
 
     cfg_overrides = [f"data.image_size={plan.image_size}", f"train.batch_size={plan.batch_size}",
-                     "train.warmup_epochs=0", "train.decay=cosine", f"train.seed={seed}", "data.deterministic=true",
+                     "optim.warmup_epochs=0", "optim.decay=cosine", f"train.seed={seed}", "data.deterministic=true",
                      "inference.batch_size=32", *plan.overrides]
     from landmark_kaggle.train import train_model
     from tfrec_builder.clean import clean_dataset
@@ -173,8 +173,8 @@ def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, we
                       lambda s: f"{s['epochs_done']} epochs, val " + ", ".join(
                           f"top{k} {s['history'][-1].get(f'val_top{k}', float('nan')):.3f}" for k in (1, 10, 100)))
 
+    from landmark_kaggle.embed_index import build_index
     from landmark_kaggle.predict import predict
-    from landmark_kaggle.retrieval import build_index
 
     rec.run("embed-index", lambda: build_index(out / "model", out / "index", data=str(out / "tfrec")),
             lambda s: f"{s['rows']} training images indexed")

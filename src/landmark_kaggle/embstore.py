@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import atomic_write_json
 
 FORMAT = 1
 META = "meta.json"
@@ -52,10 +53,19 @@ def ids_digest(ids: np.ndarray) -> str:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    # Write-then-rename so a kill never leaves half a JSON file behind.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, sort_keys=True)
+
+
+def probe_image(size: int = 256) -> np.ndarray:
+    """A fixed synthetic RGB image (gradients and a checkerboard), uint8 ``[S, S, 3]``.
+
+    Its embedding, stored as ``probe.npy``, fingerprints the network that made a
+    store: the same network and weights reproduce it, any other does not.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    checker = ((np.floor(xx * 8) + np.floor(yy * 8)) % 2) * 80
+    rgb = np.stack([xx * 255, yy * 175 + checker, (1 - xx) * 120 + checker], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 
 ID_PATTERN = r"[0-9a-f]{16}"
 TRAIN_CSV = "train.csv"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER = "YOUR_KAGGLE_USERNAME"
+# Every launcher starts with this import; rendering replaces the line with kernels/prelude.py itself.
+PRELUDE = "kernels/prelude.py"
+PRELUDE_IMPORT = re.compile(r"^from prelude import [^\n]*$", re.MULTILINE)
 # Kernel name -> its metadata template, relative to the checkout root.
 KERNEL_TEMPLATES = {
     "submission": "kernel-metadata.json",
@@ -241,6 +245,17 @@ def validate_kernel_metadata(meta: dict, folder: Path, *, where: str = "kernel-m
         fail(f"docker_image_pinning_type must be one of {', '.join(PINNING_TYPES)}")
 
 
+def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
+    """A launcher with its ``from prelude import ...`` line replaced by the prelude: one self-contained script."""
+    text = code.read_text(encoding="utf-8")
+    if len(PRELUDE_IMPORT.findall(text)) != 1:
+        raise KernelError(f"{code}: expected one `from prelude import ...` line (the shared install step)")
+    prelude = (repo / PRELUDE).read_text(encoding="utf-8")
+    block = (f"# ---- {PRELUDE}, pasted by `landmark-kaggle kernels push` (edit that file, not this copy) ----\n"
+             f"{prelude.rstrip()}\n# ---- end of {PRELUDE} ----")
+    return PRELUDE_IMPORT.sub(lambda _: block, text)
+
+
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
                   accelerator: str | None = None) -> Path:
     """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``."""
@@ -259,7 +274,7 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
         raise KernelError(f"{template}: code_file {meta.get('code_file')!r} not found")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(code, out / code.name)
+    (out / code.name).write_text(render_code(code, repo), encoding="utf-8")
     meta = {k: _render(v, user) for k, v in meta.items()}
     meta["code_file"] = code.name
     if accelerator:

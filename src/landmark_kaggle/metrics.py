@@ -1,4 +1,4 @@
-"""The competition's metrics: Global Average Precision (micro-AP) and top-k accuracy.
+"""The competition's metric, Global Average Precision (micro-AP), and which predictions are right.
 
 GAP, as the landmark recognition competitions define it: each test image gets
 at most one prediction ``(landmark_id, confidence)``; all predictions are
@@ -17,8 +17,8 @@ so the score does not depend on the input order.
 Everything here is numpy (and pandas for hashing ids); 1,000,000 predictions
 score in about a second. The sum is accumulated in rank order (``cumsum``), as
 a plain loop would, so a loop over the same definition gives the same float to
-the last digit (``benchmarks/gap.py`` checks this). Keras is imported only by
-``keras_top_k_metrics``.
+the last digit (``benchmarks/gap.py`` checks this). ``TOP_K`` names the
+top-k accuracies the trainers report (``optim.topk_metrics``); no Keras here.
 """
 
 from __future__ import annotations
@@ -210,57 +210,3 @@ def correct_predictions(ids, landmark_ids, solution: GroundTruth | Mapping[str, 
     out = np.zeros(keep.shape, dtype=bool)
     out[keep] = correct
     return out
-
-
-def top1_accuracy(ids, landmark_ids, solution: GroundTruth | Mapping[str, Iterable[int]]) -> float:
-    """Share of landmark images whose prediction names one of their landmarks (no prediction: wrong).
-
-    Non-landmark images are left out. Raises ``MetricError`` when there is no landmark image.
-    """
-    truth = _as_ground_truth(solution)
-    m = truth.num_landmark_images
-    if m == 0:
-        raise MetricError("the solution has no landmark image, so top-1 accuracy is undefined")
-    return float(correct_predictions(ids, landmark_ids, truth).sum() / m)
-
-
-def top_k_accuracy(scores, labels, ks: Iterable[int] = TOP_K, *, chunk_rows: int = 4096) -> dict[int, float]:
-    """Top-k accuracy of a score matrix ``[N, C]`` against integer labels ``[N]``, for each k in ``ks``.
-
-    A row is right at k when fewer than k classes score strictly higher than
-    its label (ties at the boundary count as in, as ``keras.ops.in_top_k``
-    does). Rows labelled -1 (no landmark) are left out. Rows are processed in
-    chunks so an 81,313-class matrix never needs a second N x C array.
-    """
-    scores = np.asarray(scores)
-    labels = np.asarray(labels, dtype=np.int64)
-    if scores.ndim != 2 or labels.shape != (scores.shape[0],):
-        raise MetricError(f"scores must be [N, C] and labels [N]; got {scores.shape} and {labels.shape}")
-    ks = tuple(int(k) for k in ks)
-    if any(k < 1 for k in ks):
-        raise MetricError(f"k must be >= 1, got {ks}")
-    valid = labels >= 0
-    if (labels >= scores.shape[1]).any():
-        raise MetricError(f"a label is >= the number of classes ({scores.shape[1]})")
-    if not valid.any():
-        raise MetricError("no row has a label (all are -1), so top-k accuracy is undefined")
-    scores, labels = scores[valid], labels[valid]
-    higher = np.empty(len(labels), dtype=np.int64)
-    for start in range(0, len(labels), chunk_rows):
-        block = scores[start:start + chunk_rows]
-        target = np.take_along_axis(block, labels[start:start + chunk_rows, None], axis=1)
-        higher[start:start + chunk_rows] = (block > target).sum(axis=1)
-    return {k: float((higher < k).mean()) for k in ks}
-
-
-def keras_top_k_metrics(num_classes: int, ks: Iterable[int] = TOP_K) -> list:
-    """Keras metrics ``top1``, ``top10``, ... for ``model.compile(metrics=...)`` on sparse labels.
-
-    k is capped at ``num_classes`` (top-k with k >= C is always right), so the
-    names stay comparable between a tiny test model and the 81,313-class one.
-    Labels must all be valid classes (training and validation shards are).
-    """
-    import keras  # lazily: scoring a CSV must not load TensorFlow
-
-    return [keras.metrics.SparseTopKCategoricalAccuracy(k=min(int(k), num_classes), name=f"top{int(k)}")
-            for k in ks]

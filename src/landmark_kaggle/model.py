@@ -10,23 +10,24 @@ preprocessing from it, never from its own defaults.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import pandas as pd
 
-from landmark_kaggle.clibase import UserError
-from landmark_kaggle.config import Config, config_from_dict, save_config
+from landmark_kaggle.config import SECTIONS, Config, config_from_dict, save_config
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import atomic_path
 from landmark_kaggle.gld import read_label_map, write_label_map
-from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D, dynamic_margins
-from landmark_kaggle.schedule import schedule_from_config
+from landmark_kaggle.layers import CosineClassifier, GeMPooling2D
 
-TOP_K = (1, 10, 100, 1000)
+MODEL_FILE = "model.keras"
+MODEL_FOLDER_FILES = (MODEL_FILE, "config.json", "label_map.csv")
 EMBEDDING_LAYER = "embedding"
 LOGITS_LAYER = "logits"
+# The embedding-only model's hidden width when model.embedding_dim is 0.
+DEFAULT_HIDDEN = 512
 
 
 @dataclass
@@ -66,12 +67,10 @@ def build_backbone(cfg: Config) -> keras.Model:
     return backbone
 
 
-def build_model(cfg: Config, num_classes: int, class_counts=None, *, steps_per_epoch: int | None = None,
-                compile: bool = True, lr_factor: float = 1.0) -> keras.Model:
-    """The Figure 4 model; compiled with AdamW + ArcFace + top-k metrics unless ``compile=False``.
+def build_model(cfg: Config, num_classes: int) -> keras.Model:
+    """The Figure 4 model, uncompiled (``optim.compile_model`` adds optimizer, loss and metrics).
 
-    Build it inside ``strategy.scope()`` when training distributed. ``class_counts``
-    (label order) feeds the dynamic margins when ``model.dynamic_margin`` is on.
+    Build it inside ``strategy.scope()`` when training distributed.
     """
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
@@ -89,39 +88,19 @@ def build_model(cfg: Config, num_classes: int, class_counts=None, *, steps_per_e
         x = keras.layers.BatchNormalization(name="neck_bn")(x)
     x = keras.layers.Identity(name=EMBEDDING_LAYER)(x)
     logits = CosineClassifier(num_classes, subcenters=m.subcenters, scale=m.scale, name=LOGITS_LAYER)(x)
-    model = keras.Model(inputs, logits, name="landmark_arcface")
-    if compile:
-        compile_model(model, cfg, class_counts, steps_per_epoch=steps_per_epoch or 1, lr_factor=lr_factor)
-    return model
+    return keras.Model(inputs, logits, name="landmark_arcface")
 
 
-def make_loss(cfg: Config, class_counts=None) -> ArcFaceLoss:
+def build_embedding_model(cfg: Config, input_dim: int, num_classes: int) -> keras.Model:
+    """The poster's Figure 6 model: a stored embedding → Dense + BatchNorm → Dropout → the same cosine classifier."""
     m = cfg.model
-    margins = None
-    if m.dynamic_margin:
-        if class_counts is None:
-            raise UserError("model.dynamic_margin needs class counts (label_map.csv's count column)")
-        margins = dynamic_margins(class_counts, m.margin_min, m.margin_max)
-    return ArcFaceLoss(scale=m.scale, margin=m.margin, margins=margins, easy_margin=m.easy_margin)
-
-
-def make_optimizer(cfg: Config, steps_per_epoch: int, lr_factor: float = 1.0) -> keras.optimizers.Optimizer:
-    t = cfg.train
-    return keras.optimizers.AdamW(learning_rate=schedule_from_config(t, steps_per_epoch, lr_factor),
-                                  weight_decay=t.weight_decay, global_clipnorm=t.clipnorm or None)
-
-
-def topk_metrics(num_classes: int) -> list:
-    # k beyond the class count is always 1.0 but keeps history columns the same for every dataset.
-    return [keras.metrics.SparseTopKCategoricalAccuracy(k=min(k, num_classes), name=f"top{k}") for k in TOP_K]
-
-
-def compile_model(model: keras.Model, cfg: Config, class_counts=None, *, steps_per_epoch: int = 1,
-                  lr_factor: float = 1.0) -> None:
-    num_classes = model.output_shape[-1]
-    # Weighted, so the zero-weight rows that pad a distributed validation pass do not count.
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, lr_factor), loss=make_loss(cfg, class_counts),
-                  weighted_metrics=topk_metrics(num_classes), jit_compile=False)
+    inputs = keras.Input((input_dim,), dtype="float32", name="embedding_in")
+    x = keras.layers.Dense(m.embedding_dim or DEFAULT_HIDDEN, use_bias=False, name="neck")(inputs)
+    x = keras.layers.BatchNormalization(name="neck_bn")(x)
+    x = keras.layers.Dropout(m.dropout, name="dropout")(x)
+    x = keras.layers.Identity(name=EMBEDDING_LAYER)(x)
+    logits = CosineClassifier(num_classes, subcenters=m.subcenters, scale=m.scale, name=LOGITS_LAYER)(x)
+    return keras.Model(inputs, logits, name="landmark_embedding_arcface")
 
 
 def embedding_model(model: keras.Model) -> keras.Model:
@@ -147,9 +126,8 @@ def save_model_dir(model: keras.Model, cfg: Config, label_map: pd.DataFrame, out
     num_classes = int(model.output_shape[-1])
     if len(label_map) != num_classes:
         raise UserError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
-    tmp = out / "model.tmp.keras"
-    inference_copy(model).save(tmp)
-    os.replace(tmp, out / "model.keras")  # a reader never sees half a model
+    with atomic_path(out / MODEL_FILE) as tmp:  # a reader never sees half a model
+        inference_copy(model).save(tmp)
     save_config(cfg, out / "config.json", {"num_classes": num_classes, **(extra or {})})
     write_label_map(label_map, out / "label_map.csv")
     return out
@@ -158,7 +136,7 @@ def save_model_dir(model: keras.Model, cfg: Config, label_map: pd.DataFrame, out
 def read_model_config(path) -> tuple[Config, dict]:
     """The Config stored in a model folder's ``config.json`` and its extra keys (num_classes, …)."""
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    sections = {k: raw[k] for k in ("data", "model", "train", "inference") if k in raw}
+    sections = {k: raw[k] for k in SECTIONS if k in raw}
     extra = {k: v for k, v in raw.items() if k not in sections}
     return config_from_dict(sections), extra
 
@@ -166,20 +144,14 @@ def read_model_config(path) -> tuple[Config, dict]:
 def load_model_dir(path, *, compile: bool = False) -> ModelBundle:
     """Load a model folder written by ``save_model_dir`` (or the trainer)."""
     folder = Path(path)
-    for name in ("model.keras", "config.json", "label_map.csv"):
+    for name in MODEL_FOLDER_FILES:
         if not (folder / name).is_file():
-            raise UserError(f"model folder {folder} has no {name} (expected model.keras, config.json, label_map.csv)")
+            raise UserError(f"model folder {folder} has no {name} (expected {', '.join(MODEL_FOLDER_FILES)})")
     cfg, extra = read_model_config(folder / "config.json")
-    model = keras.saving.load_model(folder / "model.keras", compile=compile)
+    model = keras.saving.load_model(folder / MODEL_FILE, compile=compile)
     label_map = read_label_map(folder / "label_map.csv")
     classes = int(model.output_shape[-1])
     if len(label_map) != classes or extra.get("num_classes", classes) != classes:
         raise UserError(f"{folder}: model outputs {classes} classes, label_map.csv has {len(label_map)}, "
                         f"config.json says {extra.get('num_classes')}")
     return ModelBundle(model=model, config=cfg, label_map=label_map)
-
-
-def count_params(model: keras.Model) -> dict[str, int]:
-    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
-    total = int(sum(np.prod(v.shape) for v in model.weights))
-    return {"trainable": trainable, "total": total}

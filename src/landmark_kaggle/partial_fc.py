@@ -30,7 +30,7 @@ AUTO_RATE = 0.1
 
 
 def resolve_rate(rate: float, num_classes: int) -> float:
-    """``train.class_sample`` → the sample rate used: 0 ("auto") is 0.1 above 20,000 classes, else 1.0."""
+    """``embeddings.class_sample`` → the sample rate used: 0 ("auto") is 0.1 above 20,000 classes, else 1.0."""
     if rate > 0:
         return float(rate)
     return AUTO_RATE if num_classes > AUTO_MIN_CLASSES else 1.0

@@ -1,4 +1,4 @@
-"""The one place that knows where data lives: local folders, Kaggle's ``/kaggle/input``, or ``gs://``.
+"""The one place that knows where data lives on Kaggle: ``/kaggle/input`` (read-only) and ``/kaggle/working``.
 
 On Kaggle the inputs are read-only under ``/kaggle/input`` and outputs go to
 ``/kaggle/working``. Both roots can be moved with environment variables so the
@@ -23,15 +23,5 @@ def kaggle_working_root() -> Path:
     return Path(os.environ.get(KAGGLE_WORKING_ENV, "/kaggle/working"))
 
 
-def on_kaggle() -> bool:
-    """True inside a Kaggle kernel (Kaggle sets KAGGLE_KERNEL_RUN_TYPE)."""
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
-
-
 def competition_data_dir() -> Path:
     return kaggle_input_root() / COMPETITION
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """Paths that only tf.io.gfile can read (Cloud Storage on Kaggle TPUs)."""
-    return str(path).startswith(("gs://", "s3://", "hdfs://"))

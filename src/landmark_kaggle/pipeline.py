@@ -14,30 +14,67 @@ uninterrupted run would have seen, when ``data.deterministic`` is on.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from landmark_kaggle import records
-from landmark_kaggle.clibase import UserError
-from landmark_kaggle.gld import read_label_map
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.gld import hex_id_mask, read_label_map
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def list_split_shards(data_dir: str, split: str) -> list[str]:
-    files = records.list_shards(str(data_dir), split)
+# A shard source: one folder, several, or glob patterns; a folder holding no shards but part folders that do
+# (``tfrec-builder write --max-part-gb``) stands for its parts.
+DataDirs = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _has_shards(folder: str) -> bool:
+    return any(records.list_shards(folder, split) for split in records.SPLITS)
+
+
+def resolve_data_dirs(data: DataDirs) -> list[str]:
+    """Every shard folder ``data`` names, in a stable order; a clear error for a name that matches nothing."""
+    values = [data] if isinstance(data, str | os.PathLike) else list(data)
+    if not values:
+        raise UserError("no shard folder given (--data)")
+    out: list[str] = []
+    for value in map(str, values):
+        matches = sorted(tf.io.gfile.glob(value)) if any(c in value for c in "*?[") else [value]
+        if not matches:
+            raise UserError(f"--data {value}: no folder matches")
+        for folder in matches:
+            folder = folder.rstrip("/")
+            if not tf.io.gfile.isdir(folder):
+                raise UserError(f"--data {folder}: not a folder")
+            if _has_shards(folder):
+                out.append(folder)
+                continue
+            parts = sorted(f"{folder}/{c.rstrip('/')}" for c in tf.io.gfile.listdir(folder))
+            parts = [c for c in parts if tf.io.gfile.isdir(c) and _has_shards(c)]
+            if not parts:
+                raise UserError(f"{folder}: no *.tfrec shards here or in its sub-folders "
+                                "(write them with `tfrec-builder write`)")
+            out += parts
+    return list(dict.fromkeys(out))
+
+
+def shard_files(data: DataDirs, splits: Sequence[str] = ("train", "validation")) -> list[str]:
+    """The shards of ``splits`` over every folder of ``data``; an error when there are none."""
+    dirs = resolve_data_dirs(data)
+    files = [f for d in dirs for split in splits for f in records.list_shards(d, split)]
     if not files:
-        raise UserError(f"{data_dir}: no {split}-*.tfrec shards (write them with `tfrec-builder write`)")
+        raise UserError(f"no {'/'.join(splits)}-*-of-*.tfrec shards in {', '.join(dirs)} "
+                        "(write them with `tfrec-builder write`)")
     return files
 
 
-def read_data_label_map(data_dir: str):
-    """``label_map.csv`` of a shard folder, local or gs:// (copied to a temp file first)."""
-    path = f"{str(data_dir).rstrip('/')}/label_map.csv"
-    if not tf.io.gfile.exists(path):
-        raise UserError(f"{data_dir}: no label_map.csv beside the shards")
+def _read_label_map_file(path: str):
     if "://" not in path:
         return read_label_map(path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,18 +83,38 @@ def read_data_label_map(data_dir: str):
         return read_label_map(local)
 
 
-def count_examples(data_dir: str, split: str) -> int:
-    """Records in a split: from ``manifest.json`` when it says, else by reading the shards once."""
-    manifest = f"{str(data_dir).rstrip('/')}/manifest.json"
-    if tf.io.gfile.exists(manifest):
-        with tf.io.gfile.GFile(manifest) as fh:
-            written = json.load(fh).get("written")
+def read_data_label_map(data: DataDirs):
+    """The one ``label_map.csv`` of the shard folders (local or gs://); folders whose maps differ are an error."""
+    first, first_path = None, None
+    for folder in resolve_data_dirs(data):
+        path = f"{folder}/label_map.csv"
+        if not tf.io.gfile.exists(path):
+            raise UserError(f"{folder}: no label_map.csv beside the shards")
+        label_map = _read_label_map_file(path)
+        if first is None:
+            first, first_path = label_map, path
+        elif not first.equals(label_map):
+            raise UserError(f"{first_path} and {path} differ: shards of one training run must share one label map "
+                            "(parts of one `tfrec-builder write`)")
+    return first
+
+
+def count_examples(data: DataDirs, split: str) -> int:
+    """Records in a split over every folder: from each ``manifest.json`` when it says, else by reading the shards."""
+    total = 0
+    for folder in resolve_data_dirs(data):
+        manifest = f"{folder}/manifest.json"
+        written = None
+        if tf.io.gfile.exists(manifest):
+            with tf.io.gfile.GFile(manifest) as fh:
+                written = json.load(fh).get("written")
         if isinstance(written, dict) and isinstance(written.get(split), int):
-            return written[split]
-    files = records.list_shards(str(data_dir), split)
-    if not files:
-        return 0
-    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1).numpy())
+            total += written[split]
+            continue
+        files = records.list_shards(folder, split)
+        if files:
+            total += int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1).numpy())
+    return total
 
 
 def decode_image(encoded) -> tf.Tensor:
@@ -111,7 +168,7 @@ def _options(deterministic: bool) -> tf.data.Options:
     return opts
 
 
-def build_dataset(data_dir: str, split: str, data_cfg, batch_size: int, *, training: bool, seed: int = 0,
+def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, training: bool, seed: int = 0,
                   start_step: int = 0, with_ids: bool = False, pad_to_batch: bool = False) -> tf.data.Dataset:
     """Batches of ``(images float32 [B,S,S,3], labels int64 [B])`` (plus ids with ``with_ids``).
 
@@ -122,7 +179,7 @@ def build_dataset(data_dir: str, split: str, data_cfg, batch_size: int, *, train
     copies of its first example and batches are ``(images, labels, weights)``,
     weight 0 on the copies (replicas of a distributed evaluation need equal shares).
     """
-    files = list_split_shards(data_dir, split)
+    files = shard_files(data, (split,))
     det = bool(data_cfg.deterministic) or not training
     if training:
         fds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -150,7 +207,7 @@ def build_dataset(data_dir: str, split: str, data_cfg, batch_size: int, *, train
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=det)
     if pad_to_batch and not training:
-        missing = -count_examples(data_dir, split) % batch_size
+        missing = -count_examples(data, split) % batch_size
         ds = ds.map(lambda image, label, _id: (image, label, tf.constant(1.0)))
         if missing:
             ds = ds.concatenate(ds.take(1).map(lambda image, label, _w: (image, label, tf.constant(0.0)))
@@ -161,3 +218,58 @@ def build_dataset(data_dir: str, split: str, data_cfg, batch_size: int, *, train
         ds = ds.cache()
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=det)
     return ds.prefetch(AUTOTUNE).with_options(_options(det))
+
+
+# -- the evaluation datasets inference reads: every image through ``eval_transform``, each carrying its id ----------
+
+def list_images(folder) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every ``<id>.jpg`` under folder (any depth), sorted by id; names that are not ids are returned apart."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} does not exist")
+    files = sorted(folder.rglob("*.jpg"), key=lambda p: p.stem)
+    stems = np.array([p.stem for p in files], dtype=object)
+    ok = hex_id_mask(stems) if len(stems) else np.zeros(0, bool)
+    skipped = [str(p) for p, good in zip(files, ok, strict=True) if not good]
+    return stems[ok].astype(str), np.array([str(p) for p in files], dtype=object)[ok].astype(str), skipped
+
+
+def image_folder_dataset(ids, files, data_cfg) -> tf.data.Dataset:
+    """(id, image) pairs; an unreadable file raises inside tf.data and is dropped by ignore_errors (then counted).
+
+    Order is not kept (each image carries its id), so a slow file never holds up the batch behind it.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(ids, str), np.asarray(files, str)))
+    ds = ds.map(lambda i, p: (i, eval_transform(decode_image(tf.io.read_file(p)), data_cfg)),
+                num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.ignore_errors()
+
+
+def tfrec_files(patterns: str | Sequence[str]) -> list[str]:
+    """Shard files named by one or several glob patterns (local or gs://), sorted, each once."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(tf.io.gfile.glob(str(pattern)))
+        if not matches:
+            raise UserError(f"--tfrec {pattern}: no files match")
+        files += matches
+    return list(dict.fromkeys(files))
+
+
+def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and landmark ids of every record, in file order (a parse-only pass, no decoding)."""
+    ds = tf.data.TFRecordDataset(files).map(records.parse_example).map(lambda r: (r["id"], r["landmark_id"]))
+    ids, lids = [], []
+    for i, lid in ds.batch(4096).as_numpy_iterator():
+        ids += [x.decode() for x in i]
+        lids.append(lid)
+    return np.array(ids, str), (np.concatenate(lids) if lids else np.zeros(0, np.int64))
+
+
+def tfrec_eval_dataset(files, data_cfg, skip: int = 0, take: int = -1) -> tf.data.Dataset:
+    """(id, image) pairs of records ``skip`` … ``skip + take`` of the shards, through the eval path."""
+    ds = tf.data.TFRecordDataset(files).map(records.parse_example).skip(skip).take(take)
+    ds = ds.map(lambda r: (r["id"], eval_transform(decode_image(r["image"]), data_cfg)),
+                num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.ignore_errors()

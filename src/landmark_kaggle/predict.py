@@ -22,131 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from landmark_kaggle import paths, retrieval
-from landmark_kaggle.clibase import UserError
-from landmark_kaggle.config import Config, config_from_dict
-from landmark_kaggle.gld import hex_id_mask
-
-if TYPE_CHECKING:
-    import tensorflow as tf
-
-
-@dataclass
-class InferenceBundle:
-    config: Config
-    label_map: pd.DataFrame
-    embed_fn: object  # float32 images [B,S,S,3] → (cos θ [B,C], unit embedding [B,D]) as numpy
-    model_sha: str
-
-
-def load_for_inference(model_dir, overrides: list[str] | tuple[str, ...] = ()) -> InferenceBundle:
-    import keras
-    import tensorflow as tf
-
-    from landmark_kaggle.model import embedding_model, load_model_dir
-
-    bad = [o for o in overrides if not o.strip().startswith("inference.")]
-    if bad:
-        raise UserError(f"--set {bad[0]}: predict only changes inference.* settings; "
-                        "the rest comes from the model folder")
-    bundle = load_model_dir(model_dir)
-    cfg = config_from_dict(bundle.config.to_dict(), overrides) if overrides else bundle.config
-    both = keras.Model(bundle.model.inputs, [bundle.model.outputs[0], embedding_model(bundle.model).outputs[0]])
-    scale = float(cfg.model.scale)
-
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        logits, emb = both(images, training=False)
-        return tf.cast(logits, tf.float32) / scale, tf.cast(emb, tf.float32)
-
-    def embed_fn(images):
-        cos, emb = forward(tf.convert_to_tensor(images, tf.float32))
-        return cos.numpy(), emb.numpy()
-
-    return InferenceBundle(cfg, bundle.label_map, embed_fn, retrieval.file_sha256(Path(model_dir) / "model.keras"))
-
-
-def list_images(folder) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every ``<id>.jpg`` under folder (any depth), sorted by id; names that are not ids are returned apart."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist")
-    files = sorted(folder.rglob("*.jpg"), key=lambda p: p.stem)
-    stems = np.array([p.stem for p in files], dtype=object)
-    ok = hex_id_mask(stems) if len(stems) else np.zeros(0, bool)
-    skipped = [str(p) for p, good in zip(files, ok, strict=True) if not good]
-    return stems[ok].astype(str), np.array([str(p) for p in files], dtype=object)[ok].astype(str), skipped
-
-
-def _load_file(path, data_cfg):
-    import tensorflow as tf
-
-    from landmark_kaggle.pipeline import decode_image, eval_transform
-
-    return eval_transform(decode_image(tf.io.read_file(path)), data_cfg)
-
-
-def image_dataset(ids, files, data_cfg) -> tf.data.Dataset:
-    """(id, image) pairs; an unreadable file raises inside tf.data and is dropped by ignore_errors (then counted).
-
-    Order is not kept (each image carries its id), so a slow file never holds up the batch behind it.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(ids, str), np.asarray(files, str)))
-    ds = ds.map(lambda i, p: (i, _load_file(p, data_cfg)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return ds.ignore_errors()
-
-
-def shard_files(data, splits=("train", "validation")) -> list[str]:
-    from landmark_kaggle.records import list_shards
-
-    files = [f for split in splits for f in list_shards(str(data), split)]
-    if not files:
-        raise UserError(f"no {'/'.join(splits)}-*-of-*.tfrec shards in {data}")
-    return files
-
-
-def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and landmark ids of every record, in file order (a parse-only pass, no decoding)."""
-    import tensorflow as tf
-
-    from landmark_kaggle.records import parse_example
-
-    ds = tf.data.TFRecordDataset(files).map(parse_example).map(lambda r: (r["id"], r["landmark_id"]))
-    ids, lids = [], []
-    for i, lid in ds.batch(4096).as_numpy_iterator():
-        ids += [x.decode() for x in i]
-        lids.append(lid)
-    return np.array(ids, str), (np.concatenate(lids) if lids else np.zeros(0, np.int64))
-
-
-def tfrec_dataset(files, data_cfg, skip: int = 0, take: int = -1) -> tf.data.Dataset:
-    import tensorflow as tf
-
-    from landmark_kaggle.pipeline import decode_image, eval_transform
-    from landmark_kaggle.records import parse_example
-
-    ds = tf.data.TFRecordDataset(files).map(parse_example).skip(skip).take(take)
-    ds = ds.map(lambda r: (r["id"], eval_transform(decode_image(r["image"]), data_cfg)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return ds.ignore_errors()
-
-
-def iterate_batches(fn, dataset: tf.data.Dataset, batch_size: int):
-    """Yield (ids, fn(images)) per batch; decoding of the next batches overlaps the model's work."""
-    import tensorflow as tf
-
-    for ids, images in dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE):
-        yield [i.decode() for i in ids.numpy()], fn(images)
+from landmark_kaggle.errors import UserError
 
 
 def _find_datasets(root: Path, marker: str) -> list[Path]:
@@ -157,7 +41,9 @@ def _find_datasets(root: Path, marker: str) -> list[Path]:
 def kaggle_inputs() -> dict:
     """Locate model, index, distractors, test images and output from the Kaggle roots."""
     root = paths.kaggle_input_root()
-    models = _find_datasets(root, "model.keras")
+    from landmark_kaggle.model import MODEL_FILE
+
+    models = _find_datasets(root, MODEL_FILE)
     if len(models) != 1:
         raise UserError(f"expected one model folder (model.keras) under {root}, found {[str(m) for m in models]}")
     index, distractors = None, None
@@ -175,7 +61,8 @@ def kaggle_inputs() -> dict:
 def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None, distractors=None,
             overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Write the submission; returns the summary (counts, images/s, settings)."""
-    import tensorflow as tf
+    from landmark_kaggle import pipeline
+    from landmark_kaggle.inference import iterate_batches, load_for_inference, probe_embedding
 
     bundle = load_for_inference(model_dir, overrides)
     inf = bundle.config.inference
@@ -184,14 +71,12 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
         raise UserError("give exactly one of --images DIR or --tfrec PATTERN")
     skipped: list[str] = []
     if images is not None:
-        ids, files, skipped = list_images(images)
-        dataset = image_dataset(ids, files, data_cfg)
+        ids, files, skipped = pipeline.list_images(images)
+        dataset = pipeline.image_folder_dataset(ids, files, data_cfg)
     else:
-        files = sorted(tf.io.gfile.glob(tfrec))
-        if not files:
-            raise UserError(f"--tfrec {tfrec}: no files match")
-        ids, _ = tfrec_ids(files)
-        dataset = tfrec_dataset(files, data_cfg)
+        files = pipeline.tfrec_files(tfrec)
+        ids, _ = pipeline.tfrec_ids(files)
+        dataset = pipeline.tfrec_eval_dataset(files, data_cfg)
     expected = list(dict.fromkeys(ids.tolist()))
     if ids_csv is not None:
         listed = pd.read_csv(ids_csv, dtype=str, keep_default_na=False)
@@ -207,7 +92,7 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
     idx = retrieval.RetrievalIndex(index, bundle.label_map) if index else None
     dis = retrieval.RetrievalIndex(distractors) if distractors else None
     if idx is not None or dis is not None:
-        probe = bundle.embed_fn(retrieval.probe_image(data_cfg.image_size))[1][0]
+        probe = probe_embedding(bundle)
         for ix in (idx, dis):
             if ix is not None:
                 ix.check_model(probe, bundle.model_sha)
@@ -254,7 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder (model.keras, config.json, label_map.csv)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--images", help="folder of test images <id>.jpg, any depth (GLDv2's test/a/b/c/ works)")
-    src.add_argument("--tfrec", help="glob of TFRecord shards holding the test images")
+    src.add_argument("--tfrec", nargs="+", metavar="PATTERN",
+                     help="TFRecord shard files or globs holding the test images")
     parser.add_argument("--ids", help="CSV with an id column (e.g. sample_submission.csv): the rows to write; "
                                       "an id with no readable image gets an empty prediction")
     parser.add_argument("--out", default="submission.csv", help="submission file (default: submission.csv)")

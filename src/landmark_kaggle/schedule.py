@@ -86,10 +86,11 @@ class WarmupSustainDecay(keras.optimizers.schedules.LearningRateSchedule):
                            total_epochs=self.total_epochs, start_lr=self.start_lr, min_lr=self.min_lr)
 
 
-def schedule_from_config(train_cfg, steps_per_epoch, lr_factor=1.0):
-    """The schedule a ``TrainConfig`` asks for; ``lr_factor`` is the linear-scaling factor of the global batch."""
-    peak = train_cfg.learning_rate * lr_factor
-    return WarmupSustainDecay(peak_lr=peak, steps_per_epoch=steps_per_epoch,
-                              warmup_epochs=train_cfg.warmup_epochs, sustain_epochs=train_cfg.sustain_epochs,
-                              decay=train_cfg.decay, decay_rate=train_cfg.decay_rate,
-                              total_epochs=train_cfg.epochs, start_lr=train_cfg.min_lr, min_lr=train_cfg.min_lr)
+def schedule_from_config(cfg, steps_per_epoch, lr_factor=1.0):
+    """The schedule a ``Config`` asks for (``optim`` section, ``train.epochs``); ``lr_factor`` is the
+    linear-scaling factor of the global batch."""
+    o = cfg.optim
+    return WarmupSustainDecay(peak_lr=o.learning_rate * lr_factor, steps_per_epoch=steps_per_epoch,
+                              warmup_epochs=o.warmup_epochs, sustain_epochs=o.sustain_epochs, decay=o.decay,
+                              decay_rate=o.decay_rate, total_epochs=cfg.train.epochs, start_lr=o.min_lr,
+                              min_lr=o.min_lr)

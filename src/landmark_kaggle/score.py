@@ -27,7 +27,7 @@ import json
 import sys
 import warnings
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.metrics import MetricError
 from landmark_kaggle.submission import read_solution, read_submission, score, validate_submission
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import atomic_path
 from landmark_kaggle.gld import hex_id_mask
 from landmark_kaggle.metrics import GroundTruth, MetricError, correct_predictions, global_average_precision
 
@@ -204,11 +205,9 @@ def write_submission(path: str | os.PathLike, ids: Sequence[str], landmark_ids: 
     cells = [f"{int(lid)} {c!r}" if h else ""
              for lid, c, h in zip(lids.tolist(), conf.tolist(), has.tolist(), strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         handle.write("id,landmarks\n")
         handle.writelines(f"{i},{c}\n" for i, c in zip(ids.tolist(), cells, strict=True))
-    os.replace(tmp, path)
     return path
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from landmark_kaggle import gld
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 
 
 def _place(src: str, dst: Path) -> None:

@@ -4,7 +4,7 @@ One Keras ``fit`` call per epoch, each over that epoch's own data stream
 (``pipeline.build_dataset`` keyed by seed and epoch), so resuming at epoch e,
 step k only skips k batches of epoch e. A checkpoint (weights + AdamW state +
 position + the epoch's running metrics so far) is written at every epoch end
-and every ``train.checkpoint_every_steps`` steps; ``resume=True`` continues
+and every ``session.checkpoint_every_steps`` steps; ``resume=True`` continues
 from it with the same epoch, step, optimizer state and learning rate (the
 schedule is a function of the optimizer's step count). The partial epoch's
 metrics are joined with the resumed part's, weighted by steps, so the history
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 import time
@@ -28,10 +27,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landmark_kaggle import pipeline
-from landmark_kaggle.clibase import UserError
-from landmark_kaggle.config import Config
+from landmark_kaggle.config import Config, migrate_flat
 from landmark_kaggle.distribute import Runtime, global_batch, setup_runtime
-from landmark_kaggle.model import TOP_K, build_model, compile_model, save_model_dir
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import atomic_write_json
+from landmark_kaggle.metrics import TOP_K
+from landmark_kaggle.model import build_model, save_model_dir
+from landmark_kaggle.optim import compile_model
 from landmark_kaggle.plots import plot_history
 from landmark_kaggle.schedule import schedule_from_config
 
@@ -39,8 +41,8 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
 # Settings that may change between a run and its resumption; any other change makes the checkpoint invalid.
-# train.class_sample only steers train-embeddings, so it may differ from (or be missing in) an image checkpoint.
-RESUMABLE_CHANGES = {"train.epochs", "train.time_budget", "train.checkpoint_every_steps", "train.class_sample"}
+# embeddings.class_sample only steers train-embeddings, so it may differ from (or be missing in) an image checkpoint.
+RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_every_steps", "embeddings.class_sample"}
 
 
 class SimulatedCrash(RuntimeError):
@@ -68,7 +70,7 @@ def _flat(cfg: Config) -> dict:
 
 
 def _check_same_run(state: dict, cfg: Config, num_classes: int, ckpt: Path) -> None:
-    old, new = state["config"], _flat(cfg)
+    old, new = migrate_flat(state["config"]), _flat(cfg)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed or state["num_classes"] != num_classes:
         what = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed) or \
@@ -110,7 +112,7 @@ class _Watch(keras.callbacks.Callback):
         if t.bar is not None:
             t.bar.update(1)
             t.bar.set_postfix(epoch=t.epoch + 1, loss=f"{t.last_logs.get('loss', float('nan')):.3f}")
-        every = t.cfg.train.checkpoint_every_steps
+        every = t.cfg.session.checkpoint_every_steps
         if every and t.global_step % every == 0 and t.step_in_epoch < t.steps_per_epoch:
             t.save_checkpoint(partial_logs=t.epoch_logs())
         if t.crash_after_steps is not None and t.global_step >= t.crash_after_steps:
@@ -121,10 +123,11 @@ class _Watch(keras.callbacks.Callback):
 
 
 class _Trainer:
-    def __init__(self, data_dir, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress):
-        self.data_dir, self.out, self.cfg, self.rt = str(data_dir), Path(out_dir), cfg, runtime
+    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress):
+        self.data, self.out, self.cfg, self.rt = pipeline.resolve_data_dirs(data), Path(out_dir), cfg, runtime
+        self.data_name = ", ".join(self.data)
         self.ckpt = self.out / CHECKPOINT_DIR
-        self.budget = parse_duration(time_budget if time_budget is not None else cfg.train.time_budget)
+        self.budget = parse_duration(time_budget if time_budget is not None else cfg.session.time_budget)
         self.crash_after_steps = crash_after_steps
         self.progress = progress
         self.started = time.monotonic()
@@ -173,9 +176,8 @@ class _Trainer:
             "config": _flat(self.cfg), "num_classes": self.num_classes, "steps_per_epoch": self.steps_per_epoch,
             "seed_states": [np.asarray(v.numpy()).tolist() for v in self._seed_states()],
         }
-        tmp = self.ckpt / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        os.replace(tmp, self.ckpt / STATE_FILE)  # the state names its weights file, so the pair is atomic
+        # The state names its weights file, so once the state is renamed into place the pair is complete.
+        atomic_write_json(self.ckpt / STATE_FILE, state, indent=1)
         for old in self.ckpt.glob("state-*.weights.h5"):
             if old.name != weights:
                 old.unlink()
@@ -207,17 +209,17 @@ class _Trainer:
     # -- the run ------------------------------------------------------------------------------
     def run(self, resume: bool) -> dict:
         cfg = self.cfg
-        label_map = pipeline.read_data_label_map(self.data_dir)
+        label_map = pipeline.read_data_label_map(self.data)
         self.num_classes = cfg.model.num_classes or len(label_map)
         if self.num_classes != len(label_map):
-            raise UserError(f"model.num_classes = {cfg.model.num_classes} but {self.data_dir}/label_map.csv "
+            raise UserError(f"model.num_classes = {cfg.model.num_classes} but the label_map.csv of {self.data_name} "
                             f"has {len(label_map)} classes")
         counts = label_map["count"].to_numpy()
-        batch, lr_factor = global_batch(cfg.train, self.rt.replicas)
-        n_train = pipeline.count_examples(self.data_dir, "train")
+        batch, lr_factor = global_batch(cfg, self.rt.replicas)
+        n_train = pipeline.count_examples(self.data, "train")
         if n_train == 0:
-            raise UserError(f"{self.data_dir}: no training records")
-        has_val = pipeline.count_examples(self.data_dir, "validation") > 0
+            raise UserError(f"{self.data_name}: no training records")
+        has_val = pipeline.count_examples(self.data, "validation") > 0
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(n_train // batch, 1)
         state = self.load_checkpoint()
         if state is not None and not resume:
@@ -228,7 +230,7 @@ class _Trainer:
             self.steps_per_epoch = state["steps_per_epoch"]
         keras.utils.set_random_seed(cfg.train.seed)
         with self.rt.strategy.scope():
-            self.model = build_model(cfg, self.num_classes, counts, compile=False)
+            self.model = build_model(cfg, self.num_classes)
             if self.rt.kind == "multiworker":
                 self.model = _ReplicaAxisModel(self.model.inputs, self.model.outputs, name=self.model.name)
             compile_model(self.model, cfg, counts, steps_per_epoch=self.steps_per_epoch, lr_factor=lr_factor)
@@ -245,7 +247,7 @@ class _Trainer:
             # model Keras builds while tracing instead; fit runs inside the strategy's scope, so the
             # steps are distributed all the same.
             self.model._distribute_strategy = None
-        self.schedule = schedule_from_config(cfg.train, self.steps_per_epoch, lr_factor)
+        self.schedule = schedule_from_config(cfg, self.steps_per_epoch, lr_factor)
         total = cfg.train.epochs * self.steps_per_epoch
         if self.progress and self.rt.is_chief:
             self.bar = tqdm(total=total, initial=min(self.global_step, total), unit="step", desc="train")
@@ -267,7 +269,7 @@ class _Trainer:
     def _one_epoch(self, watch: _Watch, batch: int, has_val: bool) -> None:
         cfg, e, start = self.cfg, self.epoch, self.step_in_epoch
         t0 = time.monotonic()
-        ds = pipeline.build_dataset(self.data_dir, "train", cfg.data, batch, training=True,
+        ds = pipeline.build_dataset(self.data, "train", cfg.data, batch, training=True,
                                     seed=cfg.train.seed * 100_003 + e, start_step=start)
         self.last_step_end = time.monotonic()
         with warnings.catch_warnings():
@@ -279,7 +281,7 @@ class _Trainer:
                                callbacks=[watch], verbose=0)
         logs = self.epoch_logs()
         if self.step_in_epoch < self.steps_per_epoch and not self.stopped:
-            raise UserError(f"{self.data_dir}: the training stream ended after {self.step_in_epoch} of "
+            raise UserError(f"{self.data_name}: the training stream ended after {self.step_in_epoch} of "
                             f"{self.steps_per_epoch} steps of epoch {e + 1}")
         if self.step_in_epoch < self.steps_per_epoch:  # stopped by the time budget: keep the place
             self.save_checkpoint(partial_logs=logs)
@@ -301,7 +303,7 @@ class _Trainer:
     def _validate(self, batch: int) -> dict:
         """Top-k and loss on the validation split; exact also when replicas need whole batches."""
         padded = self.rt.replicas > 1
-        val = pipeline.build_dataset(self.data_dir, "validation", self.cfg.data, batch, training=False,
+        val = pipeline.build_dataset(self.data, "validation", self.cfg.data, batch, training=False,
                                      pad_to_batch=padded)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ran out of data.*")  # a finite pass, as meant
@@ -310,7 +312,7 @@ class _Trainer:
         if padded:
             # Weighted metrics ignore the weight-0 copies, but the loss is averaged over every row,
             # copies included: scale it back to the mean over real images.
-            n = pipeline.count_examples(self.data_dir, "validation")
+            n = pipeline.count_examples(self.data, "validation")
             res["loss"] = res["loss"] * (n + (-n % batch)) / n
         return res
 
@@ -325,16 +327,16 @@ class _Trainer:
         }
 
 
-def train_model(data_dir, out_dir, cfg: Config, *, resume: bool = False, time_budget=None,
+def train_model(data, out_dir, cfg: Config, *, resume: bool = False, time_budget=None,
                 runtime: Runtime | None = None, progress: bool = True, crash_after_steps: int | None = None) -> dict:
-    """Train on a shard folder into a model folder; returns a summary (status, epochs, history, …).
+    """Train on shard folders (one, several, globs or a folder of parts) into a model folder; returns a summary.
 
-    ``time_budget`` (``"8h30m"`` or seconds) overrides ``train.time_budget``;
+    ``time_budget`` (``"8h30m"`` or seconds) overrides ``session.time_budget``;
     ``runtime`` is a ready strategy + precision (default: from the config).
     ``crash_after_steps`` is a test hook that raises ``SimulatedCrash``.
     """
-    rt = runtime or setup_runtime(cfg.train.strategy, cfg.train.precision)
-    trainer = _Trainer(data_dir, out_dir, cfg, rt, time_budget=time_budget, crash_after_steps=crash_after_steps,
+    rt = runtime or setup_runtime(cfg.runtime.strategy, cfg.runtime.precision)
+    trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, crash_after_steps=crash_after_steps,
                        progress=progress)
     summary = trainer.run(resume)
     if rt.is_chief and progress:
@@ -344,7 +346,3 @@ def train_model(data_dir, out_dir, cfg: Config, *, resume: bool = False, time_bu
               f"loss {h.get('loss', float('nan')):.4f}, val top1 {summary['val_top1']:.4f}, "
               f"{summary['seconds']:.0f} s → {out_dir}")
     return summary
-
-
-def history_frame(out_dir) -> pd.DataFrame:
-    return pd.read_csv(Path(out_dir) / "history.csv")

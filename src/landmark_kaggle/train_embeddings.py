@@ -10,12 +10,12 @@ top-k validation metrics. Writes MODEL_DIR with model.keras (input: one
 embedding vector), config.json, label_map.csv, history.csv and plots/.
 
 With many classes (GLDv2: 81,313) training uses Partial FC (An et al. 2021,
-`partial_fc.py`, `train.class_sample`): each step computes the cosine logits
+`partial_fc.py`, `embeddings.class_sample`): each step computes the cosine logits
 and the ArcFace softmax only over the classes in its batch plus random other
 classes, ~10% of them, instead of all of them, which is what makes an epoch
 over 1.58M vectors take minutes on a CPU. The margin still applies to each
 row's own class; validation top-k and the saved model use every class.
-`--set train.class_sample=1.0` trains with the full softmax instead (the
+`--set embeddings.class_sample=1.0` trains with the full softmax instead (the
 default, 0, means 0.1 above 20,000 classes and 1.0 below).
 """
 
@@ -30,7 +30,6 @@ import numpy as np
 
 from landmark_kaggle.config import add_config_arguments, load_config
 
-DEFAULT_HIDDEN = 512
 # The dense AdamW update of the 41.6M-parameter GLDv2 classifier is paid once a step, so big batches amortise it.
 DEFAULT_BATCH = 4096
 # Validation builds several batch × classes float32 tensors (1.3 GB each at 4096 × 81,313): keep its batch small.
@@ -55,42 +54,24 @@ def _held_out(ids: np.ndarray, fraction: float) -> np.ndarray:
                     dtype=bool)
 
 
-def build_embedding_model(cfg, input_dim: int, num_classes: int):
-    import keras
-
-    from landmark_kaggle.layers import CosineClassifier
-    from landmark_kaggle.model import EMBEDDING_LAYER, LOGITS_LAYER
-
-    m = cfg.model
-    hidden = m.embedding_dim or DEFAULT_HIDDEN
-    inputs = keras.Input((input_dim,), dtype="float32", name="embedding_in")
-    x = keras.layers.Dense(hidden, use_bias=False, name="neck")(inputs)
-    x = keras.layers.BatchNormalization(name="neck_bn")(x)
-    x = keras.layers.Dropout(m.dropout, name="dropout")(x)
-    x = keras.layers.Identity(name=EMBEDDING_LAYER)(x)
-    logits = CosineClassifier(num_classes, subcenters=m.subcenters, scale=m.scale, name=LOGITS_LAYER)(x)
-    return keras.Model(inputs, logits, name="landmark_embedding_arcface")
-
-
 def make_trainer(model, cfg, class_counts=None, *, steps_per_epoch: int, batch_size: int):
     """What ``fit`` runs: ``model`` compiled as is (full softmax) or a Partial FC trainer around it; and K.
 
     K is the classes one training step sees (all of them for the full
     softmax). Either way validation metrics are top-k over every class.
     """
-    from landmark_kaggle.model import compile_model, make_loss, make_optimizer, topk_metrics
+    from landmark_kaggle.optim import compile_model, make_loss
     from landmark_kaggle.partial_fc import PartialFCTrainer, resolve_rate, sample_size
 
     num_classes = int(model.output_shape[-1])
-    k = sample_size(num_classes, resolve_rate(cfg.train.class_sample, num_classes), batch_size)
+    k = sample_size(num_classes, resolve_rate(cfg.embeddings.class_sample, num_classes), batch_size)
     if k >= num_classes:
         compile_model(model, cfg, class_counts, steps_per_epoch=steps_per_epoch)
         return model, num_classes
     loss = make_loss(cfg, class_counts)
     trainer = PartialFCTrainer(model, num_sampled=k, scale=loss.scale, margin=loss.margin, margins=loss.margins,
                                easy_margin=loss.easy_margin, seed=cfg.train.seed)
-    trainer.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss,
-                    weighted_metrics=topk_metrics(num_classes), jit_compile=False)
+    compile_model(trainer, cfg, steps_per_epoch=steps_per_epoch, num_classes=num_classes, loss=loss)
     return trainer, k
 
 
@@ -100,10 +81,10 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     import keras
     import pandas as pd
 
-    from landmark_kaggle.clibase import UserError
     from landmark_kaggle.embstore import open_store
+    from landmark_kaggle.errors import UserError
     from landmark_kaggle.gld import load_train_index
-    from landmark_kaggle.model import save_model_dir
+    from landmark_kaggle.model import build_embedding_model, save_model_dir
     from landmark_kaggle.plots import plot_history
     from landmark_kaggle.schedule import schedule_from_config
 
@@ -141,7 +122,7 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
                        steps_per_epoch=cfg.train.steps_per_epoch or None, validation_data=val,
                        validation_batch_size=min(batch, VAL_BATCH), callbacks=callbacks,
                        verbose=2 if progress else 0, shuffle=True)
-    sched = schedule_from_config(cfg.train, steps)
+    sched = schedule_from_config(cfg, steps)
     history = pd.DataFrame(hist.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1) + cfg.train.epochs - len(history))
     history.insert(1, "lr", sched.by_epoch(history["epoch"].to_numpy() - 1))
@@ -167,7 +148,7 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
 
 
 def run(args) -> int:
-    from landmark_kaggle.clibase import UserError
+    from landmark_kaggle.errors import UserError
 
     if not 0 <= args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be in [0, 1)")

@@ -1,0 +1,81 @@
+"""A model folder made ready for inference, and batch embedding over an evaluation dataset.
+
+``load_for_inference`` turns a model folder into one function: float32 images
+``[B, S, S, 3]`` (0..255, the pipeline's eval path) → the cosine classifier's
+``cos θ`` over every class and the L2-normalised embedding, both float32 numpy.
+``predict`` and ``embed-index`` both go through it, so an index and the queries
+searched against it always come from the same network, settings and
+preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from landmark_kaggle.config import Config, config_from_dict
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import file_sha256
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+EmbedFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class InferenceBundle:
+    config: Config
+    label_map: pd.DataFrame
+    embed_fn: EmbedFn  # float32 images [B,S,S,3] → (cos θ [B,C], unit embedding [B,D]) as numpy
+    model_sha: str  # sha256 of the weights: an index made by the same file needs no probe check
+    model_dir: Path
+
+
+def load_for_inference(model_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> InferenceBundle:
+    """Load a model folder; ``overrides`` may change ``inference.*`` settings only."""
+    import keras
+    import tensorflow as tf
+
+    from landmark_kaggle.model import MODEL_FILE, embedding_model, load_model_dir
+
+    bad = [o for o in overrides if not o.strip().startswith("inference.")]
+    if bad:
+        raise UserError(f"--set {bad[0]}: predict only changes inference.* settings; "
+                        "the rest comes from the model folder")
+    bundle = load_model_dir(model_dir)
+    cfg = config_from_dict(bundle.config.to_dict(), overrides) if overrides else bundle.config
+    both = keras.Model(bundle.model.inputs, [bundle.model.outputs[0], embedding_model(bundle.model).outputs[0]])
+    scale = float(cfg.model.scale)
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        logits, emb = both(images, training=False)
+        return tf.cast(logits, tf.float32) / scale, tf.cast(emb, tf.float32)
+
+    def embed_fn(images):
+        cos, emb = forward(tf.convert_to_tensor(images, tf.float32))
+        return cos.numpy(), emb.numpy()
+
+    return InferenceBundle(cfg, bundle.label_map, embed_fn, file_sha256(Path(model_dir) / MODEL_FILE), Path(model_dir))
+
+
+def iterate_batches(fn: Callable, dataset: tf.data.Dataset, batch_size: int) -> Iterator[tuple[list[str], object]]:
+    """Yield (ids, fn(images)) per batch of an (id, image) dataset; decoding the next batches overlaps ``fn``."""
+    import tensorflow as tf
+
+    for ids, images in dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+        yield [i.decode() for i in ids.numpy()], fn(images)
+
+
+def probe_embedding(bundle: InferenceBundle) -> np.ndarray:
+    """The model's embedding of the store probe image (``embstore.probe_image``) at the model's input size."""
+    from landmark_kaggle.embstore import probe_image
+
+    return bundle.embed_fn(probe_image(bundle.config.data.image_size)[None].astype(np.float32))[1][0]

@@ -1,0 +1,49 @@
+"""What training adds to a model: the AdamW optimizer on the Figure 7 schedule, the ArcFace loss, top-k metrics.
+
+``model.py`` only builds networks; every trainer (the image trainer, the
+embedding-only trainer and its Partial FC step) compiles through
+``compile_model`` here, so they share one optimizer, one loss and one set of
+metrics.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from landmark_kaggle.config import Config
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.layers import ArcFaceLoss, dynamic_margins
+from landmark_kaggle.metrics import TOP_K
+from landmark_kaggle.schedule import schedule_from_config
+
+
+def make_loss(cfg: Config, class_counts=None) -> ArcFaceLoss:
+    """ArcFace with the configured margin, or per-class dynamic margins from ``class_counts`` (label order)."""
+    m = cfg.model
+    margins = None
+    if m.dynamic_margin:
+        if class_counts is None:
+            raise UserError("model.dynamic_margin needs class counts (label_map.csv's count column)")
+        margins = dynamic_margins(class_counts, m.margin_min, m.margin_max)
+    return ArcFaceLoss(scale=m.scale, margin=m.margin, margins=margins, easy_margin=m.easy_margin)
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int, lr_factor: float = 1.0) -> keras.optimizers.Optimizer:
+    o = cfg.optim
+    return keras.optimizers.AdamW(learning_rate=schedule_from_config(cfg, steps_per_epoch, lr_factor),
+                                  weight_decay=o.weight_decay, global_clipnorm=o.clipnorm or None)
+
+
+def topk_metrics(num_classes: int) -> list:
+    # k beyond the class count is always 1.0 but keeps history columns the same for every dataset.
+    return [keras.metrics.SparseTopKCategoricalAccuracy(k=min(k, num_classes), name=f"top{k}") for k in TOP_K]
+
+
+def compile_model(model: keras.Model, cfg: Config, class_counts=None, *, steps_per_epoch: int = 1,
+                  lr_factor: float = 1.0, num_classes: int | None = None, loss: ArcFaceLoss | None = None) -> None:
+    """Compile for training. ``num_classes`` defaults to the model's output width (a subclassed trainer
+    may not know it); ``loss`` defaults to ``make_loss``."""
+    classes = int(num_classes or model.output_shape[-1])
+    # Weighted, so the zero-weight rows that pad a distributed validation pass do not count.
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, lr_factor),
+                  loss=loss or make_loss(cfg, class_counts), weighted_metrics=topk_metrics(classes), jit_compile=False)

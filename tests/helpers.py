@@ -1,0 +1,202 @@
+"""What several test files (and the benchmarks) build: tiny GLDv2 folders, shards, a trained model, references.
+
+Pytest puts this folder on ``sys.path`` (rootdir-relative test modules), so tests
+``import helpers``; the benchmarks add it themselves. Session-scoped fixtures
+over these live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# The real GLDv2 test JPEGs live in the shared/ folder beside the checkout (CI lays a copy there too).
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
+CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
+
+
+def hid(name: str) -> str:
+    """A 16-hex id that sorts like ``name`` (hex letters and digits only)."""
+    return name.ljust(16, "0")
+
+
+def loop_gap(ids, lids, confs, solution, ignore_nonlandmark=False) -> float:
+    """GAP by its definition, one prediction at a time: the oracle for the vectorised ``metrics`` version.
+
+    Sorted by confidence descending, then image id, then landmark id; a landmark id
+    below 0 is no prediction; a non-landmark image predicted is a miss (unless
+    ``ignore_nonlandmark``); M counts the images that show a landmark.
+    """
+    m = sum(1 for landmarks in solution.values() if landmarks)
+    preds = sorted(((i, lid, c) for i, lid, c in zip(ids, lids, confs, strict=True) if lid >= 0),
+                   key=lambda p: (-p[2], p[0], p[1]))
+    total, hits, rank = 0.0, 0, 0
+    for image, lid, _ in preds:
+        if ignore_nonlandmark and not solution[image]:
+            continue
+        rank += 1
+        if lid in solution[image]:
+            hits += 1
+            total += hits / rank
+    return total / m
+
+
+def real_folder(root: Path, copies: int, sources: list[Path] | None = None, seed: int = 7,
+                first_landmark: int = 1000) -> Path:
+    """A GLDv2 folder of real GLDv2 photos: each source JPEG (default: the 13 of shared/realdata) under
+    ``copies`` random ids, one landmark per source."""
+    from landmark_kaggle.gld import image_path
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, src in enumerate(sources if sources is not None else sorted(REALDATA.glob("*.jpg"))):
+        for _ in range(copies):
+            image_id = "".join(rng.choice(list("0123456789abcdef"), 16))
+            dst = image_path(root, "train", image_id)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            rows.append((image_id, first_landmark + k))
+    pd.DataFrame(rows, columns=["id", "landmark_id"]).to_csv(root / "train.csv", index=False)
+    return root
+
+
+def make_shards(root, *, num_classes=4, max_per_class=12, image_size=(48, 64), val_every=4, train_shards=2,
+                seed=0) -> Path:
+    """A GLDv2 sample under ``root/gld`` and its shards under ``root/tfrec`` (written with
+    ``records.encode_example``, not the builder); returns the shard folder."""
+    import cv2
+    import tensorflow as tf
+
+    from landmark_kaggle import records
+    from landmark_kaggle.gld import attach_labels, load_train_index, make_label_map, write_label_map
+    from landmark_kaggle.sample import make_sample
+
+    root = Path(root)
+    make_sample(root / "gld", seed=seed, num_classes=num_classes, max_per_class=max_per_class,
+                image_size=image_size, noise_fraction=0.0)
+    index = load_train_index(root / "gld")
+    frame = index.frame.sort_values("id").reset_index(drop=True)
+    label_map = make_label_map(frame["landmark_id"])
+    labels = attach_labels(frame, label_map)
+    out = root / "tfrec"
+    out.mkdir(parents=True, exist_ok=True)
+    write_label_map(label_map, out / "label_map.csv")
+    splits = {"train": [], "validation": []}
+    for i, row in frame.iterrows():
+        split = "validation" if val_every and i % val_every == val_every - 1 else "train"
+        splits[split].append((row, int(labels[i])))
+    for split, rows in splits.items():
+        total = train_shards if split == "train" else 1
+        writers = [tf.io.TFRecordWriter(str(out / records.shard_name(split, j, total))) for j in range(total)]
+        for n, (row, label) in enumerate(rows):
+            data = Path(row["path"]).read_bytes()
+            h, w = cv2.imread(str(row["path"])).shape[:2]
+            writers[n % total].write(records.encode_example(
+                image_bytes=data, image_id=row["id"], label=label, landmark_id=int(row["landmark_id"]),
+                height=h, width=w))
+        for wr in writers:
+            wr.close()
+    return out
+
+
+def write_shards(root: Path, out: Path, split: str = "train") -> Path:
+    """One shard of every image of a GLDv2 folder's ``split`` (test images get label -1), plus the label map."""
+    import tensorflow as tf
+
+    from landmark_kaggle.gld import load_test_index, load_train_index, write_label_map
+    from landmark_kaggle.records import encode_example, shard_name
+
+    index = load_train_index(root) if split == "train" else load_test_index(root)
+    lm = dict(zip(index.label_map["landmark_id"], index.label_map["label"], strict=True))
+    out.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(out / shard_name(split, 0, 1))) as writer:
+        for row in index.frame.itertuples():
+            data = Path(row.path).read_bytes()
+            h, w = tf.io.decode_jpeg(data).shape[:2]
+            writer.write(encode_example(image_bytes=data, image_id=row.id, label=int(lm.get(row.landmark_id, -1)),
+                                        landmark_id=int(row.landmark_id), height=int(h), width=int(w)))
+    if split == "train":
+        write_label_map(index.label_map, out / "label_map.csv")
+    return out
+
+
+def distractor_folder(out: Path, n: int = 24, seed: int = 5) -> Path:
+    """Views of the sample's non-landmark photos (textures, text), never the test images themselves."""
+    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.sample import DISTRACTOR_SOURCES, encode_jpeg, load_source, random_view
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        src = load_source(*DISTRACTOR_SOURCES[i % len(DISTRACTOR_SOURCES)])
+        view = random_view(src, rng, (48, 64))
+        path = image_path(out, "test", f"{int(rng.integers(1 << 62)):016x}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_jpeg(view, 90))
+    return out
+
+
+def train_tiny_model(root: Path, out: Path, epochs: int = 12) -> Path:
+    """EfficientNetV2-B0 at 32 px fitted on every training image of a GLDv2 folder, saved as a model folder."""
+    import tensorflow as tf
+
+    from landmark_kaggle.config import config_from_dict
+    from landmark_kaggle.gld import load_train_index
+    from landmark_kaggle.model import build_model, save_model_dir
+    from landmark_kaggle.optim import compile_model
+    from landmark_kaggle.pipeline import decode_image, eval_transform
+
+    index = load_train_index(root)
+    cfg = config_from_dict({"data": {"image_size": 32},
+                            "model": {"backbone": "EfficientNetV2B0", "embedding_dim": 32, "dropout": 0.0},
+                            "train": {"epochs": epochs}, "optim": {"learning_rate": 3e-3, "warmup_epochs": 0},
+                            "inference": {"batch_size": 16, "topk_neighbours": 3}})
+    x = np.stack([eval_transform(decode_image(tf.io.read_file(p)), cfg.data).numpy() for p in index.frame["path"]])
+    y = index.frame["label"].to_numpy()
+    model = build_model(cfg, len(index.label_map))
+    compile_model(model, cfg, steps_per_epoch=-(-len(x) // 8))
+    model.fit(x, y, batch_size=8, epochs=cfg.train.epochs, verbose=0, shuffle=True)
+    return save_model_dir(model, cfg, index.label_map, out)
+
+
+def inference_world(base: Path) -> dict:
+    """Sample + shards + tiny trained model + retrieval and distractor indexes under ``base``, built once.
+
+    A ``done`` marker makes a second call (another test module, same session) reuse it.
+    """
+    import keras
+
+    from landmark_kaggle.embed_index import build_index
+    from landmark_kaggle.sample import make_sample
+
+    world = {"root": base / "sample", "tfrec": base / "tfrec", "model": base / "model",
+             "index": base / "index", "distractors": base / "distractors"}
+    if (base / "done").is_file():
+        return world
+    if base.exists():
+        shutil.rmtree(base)
+    keras.utils.set_random_seed(0)
+    make_sample(world["root"], num_classes=6, max_per_class=12, image_size=(48, 64), seed=0)
+    write_shards(world["root"], world["tfrec"])
+    train_tiny_model(world["root"], world["model"])
+    build_index(world["model"], world["index"], data=str(world["tfrec"]))
+    build_index(world["model"], world["distractors"], images=str(distractor_folder(base / "distractor_images")))
+    (base / "done").write_text("ok")
+    return world
+
+
+def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """``landmark-kaggle ARGS`` in a subprocess (the way a user runs it), output captured."""
+    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def score_json(solution, submission) -> dict:
+    proc = run_cli("score", "--solution", solution, "--submission", submission, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

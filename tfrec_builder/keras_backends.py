@@ -1,0 +1,117 @@
+"""The Keras embedding backends: ``keras:<Application>`` (an ImageNet CNN) and ``model:<MODEL_DIR>`` (ours).
+
+* ``keras:<Application>``: any keras.applications model, ``include_top=False``
+  and global average pooling, the application's own preprocessing; ImageNet
+  weights from a local file (no network here), ``--weights none`` for random.
+* ``model:<MODEL_DIR>``: the L2-normalised ``embedding`` layer of a
+  landmark-kaggle model folder, fed through the package's eval path; needs no
+  pretrained weights, so a model trained on the noisy data can clean it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from landmark_kaggle.fileio import file_sha256
+from tfrec_builder.backends import Backend, BackendError, resize_square, weights_file
+
+DEFAULT_KERAS_SIZE = 224
+
+
+class _GetFileProbe(Exception):
+    pass
+
+
+def keras_imagenet_file(factory, kwargs: dict) -> tuple[str, str, Path]:
+    """(file name, URL, Keras cache path) of the ImageNet weights ``factory`` would fetch, without fetching.
+
+    keras.applications call ``file_utils.get_file`` once the graph is built;
+    it is swapped for a recorder just for that call, then put back.
+    """
+    from keras.src.backend.config import keras_home
+    from keras.src.utils import file_utils
+
+    seen: dict = {}
+
+    def record(fname=None, origin=None, cache_subdir="datasets", cache_dir=None, **_):
+        seen.update(fname=fname or Path(origin).name, origin=origin, subdir=cache_subdir, dir=cache_dir)
+        raise _GetFileProbe()
+
+    real = file_utils.get_file
+    file_utils.get_file = record
+    try:
+        factory(**{**kwargs, "weights": "imagenet"})
+    except _GetFileProbe:
+        pass
+    finally:
+        file_utils.get_file = real
+    if not seen:
+        raise BackendError(f"{factory.__name__} did not ask Keras for ImageNet weights; pass --weights PATH")
+    cache = Path(seen["dir"] or keras_home()).expanduser() / seen["subdir"] / seen["fname"]
+    return seen["fname"], seen["origin"], cache
+
+
+class KerasBackend(Backend):
+    def __init__(self, app: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
+        import keras
+
+        factory = getattr(keras.applications, app, None)
+        if factory is None or not callable(factory):
+            raise BackendError(f"keras:{app}: not a keras.applications model (e.g. EfficientNetB7, EfficientNetV2S)")
+        self.name, self.image_size = f"keras:{app}", int(image_size or DEFAULT_KERAS_SIZE)
+        kwargs = {"include_top": False, "pooling": "avg", "input_shape": (self.image_size, self.image_size, 3)}
+        if "include_preprocessing" in factory.__code__.co_varnames:
+            kwargs["include_preprocessing"] = True
+        if weights is None:
+            fname, origin, cache = keras_imagenet_file(factory, kwargs)
+            if not cache.is_file():
+                raise BackendError(f"keras:{app} needs ImageNet weights and there is no network: download {origin} "
+                                   f"elsewhere and pass --weights /path/to/{fname} (or put it at {cache}, "
+                                   "where Keras looks first); --weights none gives random weights")
+            weights = str(cache)
+        if str(weights).lower() == "none":
+            keras.utils.set_random_seed(seed)
+            self.weights, self.weights_sha256 = "none", f"random:seed{seed}"
+            kwargs["weights"] = None
+        else:
+            path = weights_file(weights, self.name)
+            self.weights, self.weights_sha256 = str(path), file_sha256(path)
+            kwargs["weights"] = str(path)
+        try:
+            self.model = factory(**kwargs)
+        except (ValueError, OSError) as exc:
+            raise BackendError(f"{self.name}: cannot build with weights {self.weights}: {exc}") from None
+        module = importlib.import_module(factory.__module__)
+        self._preprocess = getattr(module, "preprocess_input", lambda x: x)
+        self.dim = int(self.model.output_shape[-1])
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack([resize_square(im, self.image_size) for im in images]).astype(np.float32)
+        return np.asarray(self.model.predict_on_batch(self._preprocess(batch)), dtype=np.float32)
+
+
+class ModelDirBackend(Backend):
+    """The embedding of a landmark-kaggle model folder, through the same eval path as inference."""
+
+    def __init__(self, folder: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
+        from landmark_kaggle.model import MODEL_FILE, embedding_model, load_model_dir
+
+        if weights is not None or image_size is not None:
+            raise BackendError(f"model:{folder}: the weights and image size come from the model folder; "
+                               "drop --weights / --image-size")
+        path = Path(folder)
+        bundle = load_model_dir(path)
+        self.model = embedding_model(bundle.model)
+        self.data_cfg = bundle.config.data
+        self.name, self.image_size = f"model:{path}", int(self.data_cfg.image_size)
+        self.weights, self.weights_sha256 = str(path / MODEL_FILE), file_sha256(path / MODEL_FILE)
+        self.dim = int(self.model.output_shape[-1])
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        from landmark_kaggle.pipeline import eval_transform
+
+        batch = np.stack([np.asarray(eval_transform(im, self.data_cfg)) for im in images]).astype(np.float32)
+        return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
