@@ -154,18 +154,75 @@ def test_mirrored_over_two_logical_cpus_trains_and_matches_one_device(shards, tm
     assert (tmp_path / "model" / "model.keras").is_file()
 
 
+# One multi-worker training run through the trainer; the worker saves every variable of the model it
+# trained (trainable weights and BatchNorm moving statistics) as weights_<chief>.npz. The trainer's ``run``
+# is wrapped, not replaced, only to keep the trained model: a non-chief worker writes no model folder.
 WORKER = textwrap.dedent("""
     import json
-    from landmark_kaggle.distribute import setup_runtime
-    rt = setup_runtime("multiworker", "float32")
+    import numpy as np
+    from landmark_kaggle import train
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.train import train_model
-    cfg = config_from_dict({{}}, [*{SMALL!r}, "runtime.strategy=multiworker", "train.epochs=1",
-                                   "train.steps_per_epoch=3", "session.checkpoint_every_steps=2"])
-    s = train_model({shards!r}, {out!r}, cfg, runtime=rt, progress=False)
+    from landmark_kaggle.distribute import setup_runtime
+
+    rt = setup_runtime("multiworker", "float32")
+    kept = []
+    run = train._Trainer.run
+
+    def run_and_keep(self, resume):
+        summary = run(self, resume)
+        kept.append(self.model)
+        return summary
+
+    train._Trainer.run = run_and_keep
+    cfg = config_from_dict({{}}, [*{SMALL!r}, *{MW!r}])
+    s = train.train_model({shards!r}, {out!r} + f"/out{{int(rt.is_chief)}}", cfg, runtime=rt, progress=False)
+    weights = {{v.path: np.asarray(v.numpy()) for v in kept[0].variables}}
+    np.savez({out!r} + f"/weights{{int(rt.is_chief)}}.npz", **weights)
     print(json.dumps({{"chief": rt.is_chief, "replicas": rt.replicas, "status": s["status"],
                       "global_step": s["global_step"], "loss": s["history"][0]["loss"]}}))
 """)
+MW = ["runtime.strategy=multiworker", "train.epochs=1", "train.steps_per_epoch=3", "session.checkpoint_every_steps=2"]
+
+
+def _two_replicas_by_hand(shards, cfg, steps):
+    """What two replicas must compute on the trainer's first ``steps`` global batches, written out here.
+
+    Each replica takes its half of the batch of 8 (the first 4 images, the last 4), normalises it with its
+    own batch statistics and updates its own BatchNorm moving statistics (Keras 3 creates them with
+    aggregation "none": they are never all-reduced); the gradients of the two half-batch mean losses, each
+    scaled by 1/2, are summed (the all-reduce) and AdamW applies them once. Returns the weights with each
+    replica's moving statistics: ``[replica 0, replica 1]``.
+    """
+    import tensorflow as tf
+
+    from landmark_kaggle.model import build_model
+    from landmark_kaggle.optim import compile_model
+    from landmark_kaggle.pipeline import build_dataset
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = build_model(cfg, 4)
+    compile_model(model, cfg, steps_per_epoch=cfg.train.steps_per_epoch)
+    init = {v.path: v.numpy() for v in model.variables}
+    moving = [v for v in model.non_trainable_variables if "moving_" in v.path]
+    stats = [[v.numpy() for v in moving] for _ in range(2)]
+    # The trainer's stream for epoch 1 (train.py seeds each epoch's stream with seed * 100_003 + epoch).
+    batches = build_dataset(str(shards), "train", cfg.data, 8, training=True, seed=cfg.train.seed * 100_003)
+    for images, labels in batches.take(steps):
+        total = None
+        for r, half in enumerate((slice(0, 4), slice(4, 8))):
+            for v, value in zip(moving, stats[r], strict=True):
+                v.assign(value)
+            with tf.GradientTape() as tape:
+                loss = model.loss(labels[half], model(images[half], training=True)) * 0.5
+            grads = tape.gradient(loss, model.trainable_variables)
+            stats[r] = [v.numpy() for v in moving]
+            total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
+        model.optimizer.apply_gradients(zip(total, model.trainable_variables, strict=True))
+    weights = {v.path: v.numpy() for v in model.variables}
+    out = []
+    for r in range(2):
+        out.append({**weights, **{v.path: value for v, value in zip(moving, stats[r], strict=True)}})
+    return init, out
 
 
 def _free_ports(n):
@@ -179,17 +236,51 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-def test_multiworker_with_two_local_processes_trains_an_epoch(shards, tmp_path):
+def test_two_workers_train_the_weights_two_replicas_must_on_the_same_global_batches(shards, tmp_path):
+    """Two MultiWorkerMirroredStrategy workers (TF_CONFIG on 127.0.0.1), the backbone trainable, against the
+    same 3 steps computed by hand in this one process: every variable is compared, BatchNorm's too.
+
+    Two workers that did not exchange gradients would each follow their own half-batches (and differ from
+    each other), or each train on whole batches (and BatchNorm would see 8 images, not 4): neither passes.
+    """
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     scripts, envs = [], []
     for i in range(2):
-        scripts.append(WORKER.format(SMALL=SMALL, shards=str(shards), out=str(tmp_path / f"out{i}")))
+        scripts.append(WORKER.format(SMALL=SMALL, MW=MW, shards=str(shards), out=str(tmp_path)))
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
         envs.append(_env(TF_CONFIG=json.dumps(tf_config)))
     res = _run_children(scripts, envs)
     assert [r["chief"] for r in res] == [True, False]
     assert all(r["replicas"] == 2 and r["status"] == "complete" and r["global_step"] == 3 for r in res)
-    # Both workers report the same all-reduced loss; only the chief writes the model folder.
-    assert res[0]["loss"] == pytest.approx(res[1]["loss"], rel=1e-5)
-    assert (tmp_path / "out0" / "model.keras").is_file() and (tmp_path / "out0" / "history.csv").is_file()
-    assert not (tmp_path / "out1").exists()
+    assert res[0]["loss"] == res[1]["loss"]
+    # Only the chief writes the model folder.
+    assert (tmp_path / "out1" / "model.keras").is_file() and (tmp_path / "out1" / "history.csv").is_file()
+    assert not (tmp_path / "out0").exists()
+
+    cfg = config_from_dict({}, [*SMALL, *MW])
+    init, by_hand = _two_replicas_by_hand(shards, cfg, steps=3)
+    trainable = [k for k in init if "moving_" not in k]
+    moving = [k for k in init if "moving_" in k]
+    workers = []
+    for chief in (1, 0):
+        with np.load(tmp_path / f"weights{chief}.npz") as z:
+            workers.append({k: z[k] for k in z.files})
+    # All-reduced gradients, one update: the workers' trainable weights are the same numbers.
+    assert all(np.array_equal(workers[0][k], workers[1][k]) for k in trainable)
+    for got, want in zip(workers, by_hand, strict=True):  # the chief is worker 0, replica 0
+        assert got.keys() == want.keys()
+        # Off by at most 5% of how far the weights moved. The same steps on inputs changed by 2e-7 (float
+        # rounding) land 0.016 away by this measure: AdamW's first steps are ~lr * sign(gradient), so a
+        # gradient component near zero may flip. Whole batches on one device land 1.4 away.
+        assert _relative_gap(got, want, init, trainable) < 0.05
+        # Each worker's own statistics (measured 2e-4 off); the two replicas' differ by 0.22 of their movement.
+        assert _relative_gap(got, want, init, moving) < 0.01
+    assert _relative_gap(by_hand[0], by_hand[1], init, moving) > 0.1
+    moved = max(float(np.abs(by_hand[0][k] - init[k]).max()) for k in trainable)
+    assert moved > 2e-3  # ~lr per step: not a trivial match
+
+
+def _relative_gap(got, want, init, keys):
+    """||got - want|| / ||want - init|| over the variables ``keys``: the gap as a share of the movement."""
+    gap = np.sqrt(sum(float(((got[k] - want[k]) ** 2).sum()) for k in keys))
+    return gap / np.sqrt(sum(float(((want[k] - init[k]) ** 2).sum()) for k in keys))

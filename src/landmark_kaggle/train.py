@@ -45,10 +45,6 @@ METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
 RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_every_steps", "embeddings.class_sample"}
 
 
-class SimulatedCrash(RuntimeError):
-    """Raised by the ``crash_after_steps`` test hook: the process 'dies' with only its checkpoints left."""
-
-
 def parse_duration(text) -> float | None:
     """``"8h30m"``, ``"90m"``, ``"45s"``, ``"1h"`` or plain seconds → seconds; empty → None."""
     if text is None or text == "":
@@ -115,20 +111,17 @@ class _Watch(keras.callbacks.Callback):
         every = t.cfg.session.checkpoint_every_steps
         if every and t.global_step % every == 0 and t.step_in_epoch < t.steps_per_epoch:
             t.save_checkpoint(partial_logs=t.epoch_logs())
-        if t.crash_after_steps is not None and t.global_step >= t.crash_after_steps:
-            raise SimulatedCrash(f"simulated crash after step {t.global_step}")
         if t.out_of_time():
             self.model.stop_training = True
             t.stopped = "time budget"
 
 
 class _Trainer:
-    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress):
+    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, progress):
         self.data, self.out, self.cfg, self.rt = pipeline.resolve_data_dirs(data), Path(out_dir), cfg, runtime
         self.data_name = ", ".join(self.data)
         self.ckpt = self.out / CHECKPOINT_DIR
         self.budget = parse_duration(time_budget if time_budget is not None else cfg.session.time_budget)
-        self.crash_after_steps = crash_after_steps
         self.progress = progress
         self.started = time.monotonic()
         self.last_step_end = self.started
@@ -328,16 +321,14 @@ class _Trainer:
 
 
 def train_model(data, out_dir, cfg: Config, *, resume: bool = False, time_budget=None,
-                runtime: Runtime | None = None, progress: bool = True, crash_after_steps: int | None = None) -> dict:
+                runtime: Runtime | None = None, progress: bool = True) -> dict:
     """Train on shard folders (one, several, globs or a folder of parts) into a model folder; returns a summary.
 
     ``time_budget`` (``"8h30m"`` or seconds) overrides ``session.time_budget``;
     ``runtime`` is a ready strategy + precision (default: from the config).
-    ``crash_after_steps`` is a test hook that raises ``SimulatedCrash``.
     """
     rt = runtime or setup_runtime(cfg.runtime.strategy, cfg.runtime.precision)
-    trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, crash_after_steps=crash_after_steps,
-                       progress=progress)
+    trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, progress=progress)
     summary = trainer.run(resume)
     if rt.is_chief and progress:
         h = summary["history"][-1] if summary["history"] else {}
