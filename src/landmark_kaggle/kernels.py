@@ -257,8 +257,12 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
-                  accelerator: str | None = None) -> Path:
-    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``."""
+                  accelerator: str | None = None, continue_last: bool = False) -> Path:
+    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
+
+    ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
+    version's) through ``kernel_sources``: the train kernel resumes from it.
+    """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
     template = repo / KERNEL_TEMPLATES[name]
@@ -279,6 +283,10 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
     meta["code_file"] = code.name
     if accelerator:
         meta["machine_shape"] = accelerator
+    if continue_last:
+        if name != "train":
+            raise KernelError(f"--continue is for the train kernel (its next version resumes the last), not {name}")
+        meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
     validate_kernel_metadata(meta, out, where=str(template))
     _write_json(out / "kernel-metadata.json", meta)
     return out
@@ -311,6 +319,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(KERNEL_TEMPLATES))
     p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
     p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
+    p.add_argument("--continue", dest="continue_last", action="store_true",
+                   help="train: attach this kernel's last version's output, so the new version resumes its checkpoint")
     p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
     p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
     d = sub.add_parser("datasets", help="upload the bundle folders with `kaggle datasets create/version`")
@@ -328,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "push":
         folder = render_kernel(args.name, kaggle_username(args.user), Path(args.out) / args.name,
-                               accelerator=args.accelerator)
+                               accelerator=args.accelerator, continue_last=args.continue_last)
         if args.dry_run:
             print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
             return 0
