@@ -200,3 +200,14 @@ def score_json(solution, submission) -> dict:
     proc = run_cli("score", "--solution", solution, "--submission", submission, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def standin_python(kind: str) -> Path:
+    """The interpreter of the stand-in for Kaggle's ``gpu`` or ``tpu`` image (``envs/setup.sh`` builds it once,
+    then finds it up to date)."""
+    proc = subprocess.run(["bash", "envs/setup.sh", kind], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"envs/setup.sh {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return REPO / f".venv-kaggle-{kind}" / "bin" / "python"
