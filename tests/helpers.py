@@ -202,12 +202,66 @@ def score_json(solution, submission) -> dict:
     return json.loads(proc.stdout)
 
 
+# -- Kaggle input trees: what Kaggle mounts under /kaggle/input, in each layout it has been seen to use --------------
+
+LAYOUTS = ("classic", "new", "models")
+
+
+def input_path(root: Path, layout: str, kind: str, slug: str) -> Path:
+    """Where Kaggle mounts source ``slug`` of ``kind`` (competition | dataset | model) in ``layout``.
+
+    classic: ``<slug>/`` for everything; new: ``competitions/<slug>/`` and ``datasets/<owner>/<slug>/``;
+    models: as new, but a model is a Kaggle Model, ``<model>/<framework>/<variation>/<version>/``.
+    """
+    if layout == "classic":
+        return root / slug
+    if kind == "competition":
+        return root / "competitions" / slug
+    if kind == "model" and layout == "models":
+        return root / slug / "keras" / "default" / "1"
+    return root / "datasets" / "alice" / slug
+
+
+def kaggle_input_tree(root: Path, layout: str, sources: dict[str, tuple[str, Path]]) -> dict[str, Path]:
+    """Copy each source folder (name -> (kind, folder)) to where ``layout`` mounts it; returns name -> new place."""
+    placed = {}
+    for name, (kind, folder) in sources.items():
+        dest = input_path(root, layout, kind, name)
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+        placed[name] = dest
+    return placed
+
+
+def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
+    """A test-only competition folder: the images under random ids as ``test/a/b/c/<id>.jpg`` + sample_submission."""
+    from landmark_kaggle.gld import image_path
+
+    rng = np.random.default_rng(seed)
+    ids = []
+    for src in images:
+        image_id = "".join(rng.choice(list("0123456789abcdef"), 16))
+        dst = image_path(out, "test", image_id)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        ids.append(image_id)
+    pd.DataFrame({"id": sorted(ids), "landmarks": ""}).to_csv(out / "sample_submission.csv", index=False)
+    return out
+
+
+# -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def standin_python(kind: str) -> Path:
-    """The interpreter of the stand-in for Kaggle's ``gpu`` or ``tpu`` image (``envs/setup.sh`` builds it once,
-    then finds it up to date)."""
-    proc = subprocess.run(["bash", "envs/setup.sh", kind], cwd=REPO, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, f"envs/setup.sh {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return REPO / f".venv-kaggle-{kind}" / "bin" / "python"
+    """The python of ``.venv-kaggle-{kind}`` (gpu | tpu); missing or built from an older requirements file is a
+    failure, not a skip (README command (b) builds both before pytest)."""
+    import hashlib
+
+    venv, requirements = REPO / f".venv-kaggle-{kind}", REPO / "envs" / f"kaggle-{kind}.txt"
+    python, stamp = venv / "bin" / "python", venv / ".requirements.sha256"
+    assert python.is_file(), f"no {python}: build the stand-in with `bash envs/setup.sh {kind}` (README command (b))"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    assert stamp.is_file() and stamp.read_text().strip() == want, \
+        f"{venv} was built from another {requirements.name}: rerun `bash envs/setup.sh {kind}`"
+    return python

@@ -61,6 +61,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 BACKENDS = ("auto", "tensorflow", "jax")
 # runtime.devices: which devices JAX trains on; "cpu:N" splits the host into N devices (a stand-in for an N-core TPU).
 DEVICE_KINDS = ("auto", "tpu", "gpu", "cpu")
+INFERENCE_PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,12 @@ class InferenceConfig:
     topk_neighbours: int = 5
     retrieval_weight: float = 0.5
     nonlandmark_weight: float = 1.0
+    # The network's precision at inference, whatever it was trained under: float32 (T4 and P100 have no fast
+    # bf16), float16 for GPUs with fast half precision, bfloat16. Variables and the classifier stay float32.
+    precision: str = "float32"
+    # predict fails when more than this share of the test images give no prediction (unreadable or missing):
+    # a systematic decode bug must not pass for a submission.
+    max_unreadable: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,9 @@ class Config:
             ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),
             ("inference.retrieval_weight", 0 <= self.inference.retrieval_weight <= 1, "must be in [0, 1]"),
             ("inference.nonlandmark_weight", self.inference.nonlandmark_weight >= 0, "must be >= 0"),
+            ("inference.precision", self.inference.precision in INFERENCE_PRECISIONS,
+             f"must be one of {', '.join(INFERENCE_PRECISIONS)}"),
+            ("inference.max_unreadable", 0 <= self.inference.max_unreadable <= 1, "must be in [0, 1]"),
         ]
         for name, ok, why in checks:
             if not ok:

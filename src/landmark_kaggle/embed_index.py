@@ -94,7 +94,7 @@ def build_index(model_dir: str | os.PathLike, out: str | os.PathLike, *, data=No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder (model.keras, config.json, label_map.csv)")
+    parser.add_argument("--model", required=True, help="model folder (model.weights.h5, config.json, label_map.csv)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+", metavar="TFREC_DIR",
                      help="TFRecord folder(s) or globs (parts of one build): embeds their train and validation shards")
