@@ -156,8 +156,9 @@ def format_estimate(est: dict) -> str:
     g = est["max_part_gb"]
     parts = est["parts"]
     if len(parts) == 1:
-        lines.append(f"  --max-part-gb {g:g}: one folder, no parts (the estimate needs at least "
-                     f"{est['parts_needed']} part(s))")
+        more = est["parts_needed"]
+        lines.append(f"  --max-part-gb {g:g}: one folder, no parts"
+                     + (f" (but the estimate needs at least {more})" if more > 1 else ""))
     else:
         lines.append(f"  --max-part-gb {g:g}: needs at least {est['parts_needed']} parts; the plan makes {len(parts)} "
                      f"(each planned at most {PART_FILL:.0%} of the cap):")

@@ -34,9 +34,9 @@ def threshold(prepared: int) -> float:
 class Systematic(Exception):
     """A reason that tripped the rule: ``key`` (numbers masked), ``count``, ``why``, the first ``examples``."""
 
-    def __init__(self, key: str, count: int, why: str, examples: list[tuple[str, str]]):
-        super().__init__(f"{count} images failed with the same reason {examples[0][1]!r} ({why})")
-        self.key, self.count, self.why, self.examples = key, count, why, examples
+    def __init__(self, message: str, key: str, count: int, examples: list[tuple[str, str]]):
+        super().__init__(message)
+        self.key, self.count, self.examples = key, count, examples
 
     def describe(self, path_of: dict[str, str]) -> str:
         files = ", ".join(path_of.get(i, f"id {i}") for i, _ in self.examples)
@@ -65,11 +65,13 @@ class FailureWatch:
             return
         key, n = self.by_reason.most_common(1)[0]
         failed = sum(self.by_reason.values())
+        reason = self.examples[key][0][1]
         if n > threshold(self.prepared):
-            why = (f"more than max({MIN_COUNT}, {MIN_SHARE:.0%}) of the {self.prepared} images prepared so far: "
-                   "a problem with the input or this machine, not a few bad images")
+            message = (f"{n} images failed with the same reason {reason!r} (more than max({MIN_COUNT}, "
+                       f"{MIN_SHARE:.0%}) of the {self.prepared} images prepared so far: a problem with the input "
+                       "or this machine, not a few bad images)")
         elif final and failed == self.prepared:
-            why = "every image failed"
+            message = f"every one of the {failed} images failed ({n} of them with the reason {reason!r})"
         else:
             return
-        raise Systematic(key, n, why, self.examples[key])
+        raise Systematic(message, key, n, self.examples[key])
