@@ -136,8 +136,9 @@ def estimated_bytes(sizes: np.ndarray, image_size: int, quality: int) -> np.ndar
     which lands near ``k(quality)·S²`` whatever its input size. Re-encoding at a
     higher quality than the source's can grow a file that barely shrinks, so a
     file counts as its size times ``k(q)/k(75)`` (GLDv2 sources are mostly
-    around quality 75–90), capped by the resized size. On real photos this
-    overestimates by 4–40% at 64–768 px and quality 75–100 (benchmarks/estimate.py);
+    around quality 75–90), capped by the resized size. On 2,000 real photos of
+    200–1600 px it gave 1.23–1.39x the written bytes at 256–512 px and quality
+    75–100; on inputs that are all copied, up to 4.4x (benchmarks/RESULTS.md).
     ``write --estimate`` measures instead. It sets the shard count and the part
     split, never which record goes where.
     """

@@ -11,6 +11,12 @@ ends byte-identical to an uninterrupted build (shards, ``label_map.csv``,
 ``manifest.json`` and ``dataset-metadata.json``; run times go to
 ``.build/runs.jsonl``). ``--worker-index i --num-workers n`` writes every n-th
 shard, so several machines share one build; ``tfrec-builder merge`` joins them.
+
+A build planned larger than ``--max-part-gb`` is written as parts, each a
+Kaggle dataset folder ``OUT/<slug>-part-<k>`` (``tfrec_builder.parts``); ``--part k``
+writes one of them, resumable the same way. Many images failing for one reason
+stop the build (``tfrec_builder.failures``); ``--estimate`` writes nothing and
+predicts the bytes (``tfrec_builder.estimate``).
 """
 
 from __future__ import annotations
