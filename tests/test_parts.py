@@ -211,6 +211,24 @@ def test_part_k_writes_that_part_alone_with_the_same_bytes(sample, parted, tmp_p
     assert doc["count"] == 3
 
 
+def test_workers_sharing_a_part_join_it_and_the_owner_comes_from_kaggle_username(sample, parted, tmp_path,
+                                                                                  monkeypatch):
+    out, _ = parted
+    monkeypatch.setenv("KAGGLE_USERNAME", "bob")
+    shared = tmp_path / "shared"
+    kw = dict(outliers=sample / "outliers.csv", max_part_gb=CAP, part=2, num_workers=2, **SETTINGS)
+    first = write_dataset(sample, shared, worker_index=1, **kw)
+    assert not (shared / "gldv2-tfrec-56-part-2" / "manifest.json").exists()
+    assert "partition" in first["written_parts"][0]
+    last = write_dataset(sample, shared, worker_index=0, **kw)
+    assert last["written_parts"][0]["joined"]
+    folder = shared / "gldv2-tfrec-56-part-2"
+    assert shard_files(folder) == shard_files(out / "gld-test-56-part-2")
+    assert mf.read_json(folder / "dataset-metadata.json")["id"] == "bob/gldv2-tfrec-56-part-2"
+    assert mf.read_json(folder / "manifest.json")["parts"]["table"][1]["id"] == "bob/gldv2-tfrec-56-part-2"
+    assert verify_dataset(folder) == []
+
+
 def test_layouts_and_splits_are_never_mixed_in_one_folder(sample, parted, unsplit, tmp_path):
     out, _ = parted
     kw = dict(outliers=sample / "outliers.csv", dataset_id="alice/gld-test-56", **SETTINGS)

@@ -127,7 +127,7 @@ def _planned(shards: list[ShardPlan]) -> dict:
 
 
 def _head(plan: Plan, settings: dict, part: dict | None = None, doc: dict | None = None) -> dict:
-    """The manifest's fixed part; for a part of a split build, its own input, removed and planned shards."""
+    """The manifest's fields known before writing; for a part of a split build, its own input, removed, planned."""
     head = {"format": mf.FORMAT, "settings": settings, "plan": plan.fingerprint, "num_classes": len(plan.label_map)}
     removed = Counter(plan.removed["reason"].astype(str))
     if part is None:
@@ -162,7 +162,7 @@ def _stop(out: Path, exc: Systematic, shards: list[ShardPlan]) -> None:
             dropped += 1
     ids = {i for i, _ in exc.examples}
     path_of = {i: p for s in shards for i, p in zip(s.frame["id"], s.frame["path"], strict=True) if i in ids}
-    raise UserError(f"{out}: {exc.describe(path_of)}. Nothing is reported as written; fix the input and run the "
+    raise UserError(f"{out}: {exc.describe(path_of)}. No manifest.json was written: fix the input and run the "
                     f"same command again ({dropped} finished shard(s) holding such failures were removed so that "
                     "they are written again)")
 
