@@ -136,8 +136,13 @@ def estimate_build(data_dir, *, outliers=None, image_size: int = 512, quality: i
         "actions": dict(sorted(actions.items())), "failed": len(failed),
         "parts": parts, "parts_needed": max(1, math.ceil((everything["bytes"] + everything["ci95"]) / cap)),
         # The plan's split scaled down so that its largest part's upper bound would fit.
-        "suggested_max_part_gb": math.floor(max_part_gb * cap / worst * 10) / 10 if worst > cap else None,
+        "suggested_max_part_gb": _two_digits_down(max_part_gb * cap / worst) if worst > cap else None,
     }
+
+
+def _two_digits_down(x: float) -> float:
+    scale = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return float(f"{math.floor(x / scale) * scale:.2g}")
 
 
 def format_estimate(est: dict) -> str:
