@@ -5,7 +5,10 @@ checks each record's CRC); each record is parsed with the plain protobuf
 ``tf.train.Example`` API, its image decoded with ``tf.io.decode_jpeg`` (the
 decoder training uses) and compared with the stored height and width, its
 label looked up in ``label_map.csv``. Problems are returned as lines naming the
-shard and record; the command exits 1 when there are any.
+shard and record; the command exits 1 when there are any. A part of a split
+build is checked the same way against its row of the part table; the folder
+holding all the parts is checked part by part and then as one build
+(``verify_parts``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm import tqdm
 from landmark_kaggle import gld
 from landmark_kaggle.records import SPLITS, parse_shard_name
 from tfrec_builder import manifest as mf
+from tfrec_builder.parts import PARTS_JSON, find_part_folders
 
 _ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -103,17 +107,39 @@ def verify_shard(task: tuple) -> tuple[list[str], list[str]]:
     return problems, ids
 
 
-def verify_dataset(out_dir, *, workers: int | None = 1, progress: bool = False) -> list[str]:
-    """Every problem found in the shard folder ``out_dir``; an empty list means it is sound."""
-    out = Path(out_dir)
+def read_manifest(out: Path) -> tuple[dict | None, list[str]]:
     try:
         manifest = mf.read_json(out / mf.MANIFEST)
     except FileNotFoundError:
-        return [f"{out / mf.MANIFEST}: missing (an unfinished or partitioned build? run write again, or merge)"]
+        return None, [f"{out / mf.MANIFEST}: missing (an unfinished or partitioned build? run write again, or merge)"]
     except ValueError as exc:
-        return [f"{out / mf.MANIFEST}: not valid JSON ({exc})"]
+        return None, [f"{out / mf.MANIFEST}: not valid JSON ({exc})"]
     if manifest.get("format") != mf.FORMAT:
-        return [f"{out / mf.MANIFEST}: format {manifest.get('format')!r}, expected {mf.FORMAT!r}"]
+        return None, [f"{out / mf.MANIFEST}: format {manifest.get('format')!r}, expected {mf.FORMAT!r}"]
+    return manifest, []
+
+
+def _shard_set_problems(manifest: dict) -> list[str]:
+    """The shards a folder must hold: 0..n-1 of each split, or, for a part, exactly its row of the part table."""
+    entries = manifest["shards"]
+    if "parts" not in manifest:
+        problems = []
+        for split in SPLITS:
+            want = manifest["planned"][split]["shards"]
+            if sorted(e["index"] for e in entries if e["split"] == split) != list(range(want)):
+                problems.append(f"manifest.json: {split} shards are not exactly 0..{want - 1}")
+        return problems
+    row = manifest["parts"]["table"][manifest["parts"]["part"] - 1]
+    problems = [] if sorted(e["file"] for e in entries) == sorted(row["shards"]) else [
+        f"manifest.json: the shards listed are not part {row['part']}'s shards in the part table"]
+    if (manifest["input"], manifest["removed"]) != (row["input"], row["removed"]):
+        problems.append(f"manifest.json: input {manifest['input']}, removed {manifest['removed']}, but the part "
+                        f"table gives part {row['part']} input {row['input']}, removed {row['removed']}")
+    return problems
+
+
+def check_folder(out: Path, manifest: dict, *, workers: int | None, progress: bool) -> tuple[list[str], Counter]:
+    """(problems, how often each id was found) for one dataset folder and its manifest."""
     problems: list[str] = []
     try:
         label_map = gld.read_label_map(out / mf.LABEL_MAP)
@@ -136,16 +162,14 @@ def verify_dataset(out_dir, *, workers: int | None = 1, progress: bool = False) 
         if sum(e["count"] for e in listed) != written[split]:
             problems.append(f"manifest.json: {split} shards hold {sum(e['count'] for e in listed)} records, "
                             f"written says {written[split]}")
-        want = manifest["planned"][split]["shards"]
-        if sorted(e["index"] for e in listed) != list(range(want)):
-            problems.append(f"manifest.json: {split} shards are not exactly 0..{want - 1}")
+    problems += _shard_set_problems(manifest)
     on_disk = {p.name for p in out.iterdir() if parse_shard_name(p.name)}
     for extra in sorted(on_disk - {e["file"] for e in entries}):
         problems.append(f"{extra}: shard file not listed in manifest.json")
     tasks = [(str(out / e["file"]), e, label_of) for e in entries]
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(tasks) or 1))
     seen: Counter[str] = Counter()
-    bar = tqdm(total=sum(e["count"] for e in entries), unit="img", desc="verify", disable=not progress)
+    bar = tqdm(total=sum(e["count"] for e in entries), unit="img", desc=f"verify {out.name}", disable=not progress)
     if workers == 1:
         results = map(verify_shard, tasks)
         pool = None
@@ -162,17 +186,33 @@ def verify_dataset(out_dir, *, workers: int | None = 1, progress: bool = False) 
         if pool is not None:
             pool.close()
             pool.join()
-    for image_id, n in sorted(seen.items()):
-        if n > 1:
-            problems.append(f"id {image_id}: appears in {n} records")
-    failed_ids = {f["id"] for f in manifest["failed_images"]}
+    return problems, seen
+
+
+def id_problems(seen: Counter, failed_ids: set[str]) -> list[str]:
+    problems = [f"id {image_id}: appears in {n} records" for image_id, n in sorted(seen.items()) if n > 1]
     for image_id in sorted(failed_ids & set(seen)):
         problems.append(f"id {image_id}: listed as failed in manifest.json but present in a shard")
     return problems
 
 
+def verify_dataset(out_dir, *, workers: int | None = 1, progress: bool = False) -> list[str]:
+    """Every problem found in the shard folder ``out_dir`` (or in the parts under it); empty means sound."""
+    out = Path(out_dir)
+    if not (out / mf.MANIFEST).exists() and ((out / PARTS_JSON).is_file() or find_part_folders(out)):
+        from tfrec_builder.verify_parts import verify_parts
+
+        return verify_parts(out, workers=workers, progress=progress)
+    manifest, problems = read_manifest(out)
+    if manifest is None:
+        return problems
+    problems, seen = check_folder(out, manifest, workers=workers, progress=progress)
+    return problems + id_problems(seen, {f["id"] for f in manifest["failed_images"]})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", help="shard folder written by `tfrec-builder write` (or `merge`)")
+    parser.add_argument("dir", help="shard folder written by `tfrec-builder write` (or `merge`), one part of a split "
+                                    "build, or the folder holding all its parts (checked together)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPU cores)")
     parser.add_argument("--show", type=int, default=50, help="list at most this many problems")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -180,15 +220,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     problems = verify_dataset(args.dir, workers=args.workers, progress=not args.no_progress)
-    manifest_path = Path(args.dir) / mf.MANIFEST
     if problems:
         for line in problems[:args.show]:
             print(line)
         more = len(problems) - args.show
         print(f"{args.dir}: {len(problems)} problem(s){f' ({more} not shown)' if more > 0 else ''}")
         return 1
+    manifest_path = Path(args.dir) / mf.MANIFEST
+    if not manifest_path.exists():
+        from tfrec_builder.verify_parts import parts_summary
+
+        print(f"{args.dir}: OK — {parts_summary(Path(args.dir))}")
+        return 0
     m = mf.read_json(manifest_path)
-    print(f"{args.dir}: OK — {len(m['shards'])} shards, {m['written']['train']} train + "
+    part = f"part {m['parts']['part']} of {m['parts']['count']}: " if "parts" in m else ""
+    print(f"{args.dir}: OK — {part}{len(m['shards'])} shards, {m['written']['train']} train + "
           f"{m['written']['validation']} validation records decode and match manifest.json "
           f"(input {m['input']} = written + removed {m['removed']} + failed {m['failed']})")
     return 0
