@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REALDATA
+from helpers import REALDATA
 
 from landmark_kaggle import gld
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main

@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import pandas as pd
 import pytest
-from conftest import REALDATA
+from helpers import REALDATA
 
 from landmark_kaggle import gld
 from tfrec_builder import manifest as mf

@@ -23,11 +23,11 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.records import SPLITS
 from tfrec_builder.failures import FailureWatch, Systematic
 from tfrec_builder.parts import GB, PART_FILL, human, split_parts
-from tfrec_builder.plan import make_plan
+from tfrec_builder.plan import check_settings, make_plan
 from tfrec_builder.shard import prepared, read_ahead
 
 MAX_STRATA = 10
@@ -91,7 +91,6 @@ def estimate_build(data_dir, *, outliers=None, image_size: int = 512, quality: i
                    val_fraction: float = 0.02, seed: int = 0, max_part_gb: float = 19.0, sample: int = 500,
                    progress: bool = True) -> dict:
     """Predicted bytes of the build ``write`` would make with these settings, and of each of its parts."""
-    from tfrec_builder.write import check_settings
 
     check_settings(image_size, quality, shard_mb, val_fraction, max_part_gb)
     if sample < 1:

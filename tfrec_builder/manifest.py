@@ -15,12 +15,12 @@ in part 1), and the build's part table under ``"parts"``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from landmark_kaggle.fileio import atomic_write
 from landmark_kaggle.records import SPLITS
 
 FORMAT = "landmark-kaggle-tfrec/1"
@@ -47,30 +47,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
-    """Write to a temporary name beside ``path`` and rename: readers see all or nothing.
-
-    ``durable`` also fsyncs first, so the file survives a power cut, not only a
-    killed process; per-shard state skips it (a lost state only means that shard
-    is written again).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """``fileio.atomic_write``, durable by default: manifests and metadata survive a power cut, not only a kill
+    (per-shard state passes ``durable=False``: a lost state only means that shard is written again)."""
+    return atomic_write(path, data, durable=durable)
 
 
 def read_json(path: str | os.PathLike) -> dict:

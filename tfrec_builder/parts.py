@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from landmark_kaggle.clibase import UserError
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.records import SPLITS
 from tfrec_builder.plan import Plan, ShardPlan
 

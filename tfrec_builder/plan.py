@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from landmark_kaggle import gld
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.records import SPLITS, shard_name
 
 OUTLIER_COLUMNS = ["id", "landmark_id", "cluster", "reason"]
@@ -181,3 +182,14 @@ def make_plan(data_dir: str | os.PathLike, *, outliers: str | os.PathLike | None
             digest.update(f"{split}/{i}/{total}:".encode())
             digest.update(("|".join(sub["id"] + ":" + sub["label"].astype(str))).encode())
     return Plan(len(frame), removed, label_map, shards, digest.hexdigest(), index.source)
+
+
+def check_settings(image_size: int, quality: int, shard_mb: float, val_fraction: float, max_part_gb: float) -> None:
+    checks = [(image_size >= 16, f"--image-size {image_size} must be >= 16"),
+              (1 <= quality <= 100, f"--quality {quality} must be in 1..100"),
+              (shard_mb > 0, f"--shard-mb {shard_mb} must be > 0"),
+              (0 <= val_fraction < 1, f"--val-fraction {val_fraction} must be in [0, 1)"),
+              (max_part_gb > 0, f"--max-part-gb {max_part_gb} must be > 0")]
+    for ok, why in checks:
+        if not ok:
+            raise UserError(why)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from landmark_kaggle.records import SPLITS, shard_name
 from tfrec_builder import manifest as mf
+from tfrec_builder.checks import check_folder, id_problems, read_manifest
 from tfrec_builder.parts import PARTS_FORMAT, PARTS_JSON, find_part_folders
-from tfrec_builder.verify import check_folder, id_problems, read_manifest
 
 
 def _table_doc(manifest: dict) -> dict:

@@ -36,11 +36,12 @@ from tqdm import tqdm
 
 from landmark_kaggle import gld
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import file_sha256
 from landmark_kaggle.records import SPLITS
 from tfrec_builder import manifest as mf
 from tfrec_builder.failures import FailureWatch, Systematic, reason_key
 from tfrec_builder.parts import GB, PARTS_JSON, dataset_metadata, dataset_ref, human, parts_doc, split_parts
-from tfrec_builder.plan import Plan, ShardPlan, make_plan
+from tfrec_builder.plan import Plan, ShardPlan, check_settings, make_plan
 from tfrec_builder.shard import (
     ShardId,
     build_shard,
@@ -255,7 +256,7 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
     if outliers and not Path(outliers).is_file():
         raise gld.GLDError(f"{outliers}: outliers file not found")
     settings = {"image_size": image_size, "quality": quality, "shard_mb": shard_mb, "val_fraction": val_fraction,
-                "seed": seed, "outliers_sha256": mf.sha256_file(outliers) if outliers else None}
+                "seed": seed, "outliers_sha256": file_sha256(outliers) if outliers else None}
     plan = make_plan(data_dir, outliers=outliers, image_size=image_size, quality=quality, shard_mb=shard_mb,
                      val_fraction=val_fraction, seed=seed)
     settings["source"] = plan.source.name
@@ -287,17 +288,6 @@ def write_dataset(data_dir, out_dir, *, outliers=None, image_size: int = 512, qu
                                          desc=f"part {k}/{doc['count']}", **kw))
     _over_cap([(r["parts"]["table"][r["parts"]["part"] - 1]["folder"], r) for r in written], max_part_gb)
     return {"parts": doc, "written_parts": written}
-
-
-def check_settings(image_size: int, quality: int, shard_mb: float, val_fraction: float, max_part_gb: float) -> None:
-    checks = [(image_size >= 16, f"--image-size {image_size} must be >= 16"),
-              (1 <= quality <= 100, f"--quality {quality} must be in 1..100"),
-              (shard_mb > 0, f"--shard-mb {shard_mb} must be > 0"),
-              (0 <= val_fraction < 1, f"--val-fraction {val_fraction} must be in [0, 1)"),
-              (max_part_gb > 0, f"--max-part-gb {max_part_gb} must be > 0")]
-    for ok, why in checks:
-        if not ok:
-            raise UserError(why)
 
 
 def summary(result: dict, out_dir) -> str:
