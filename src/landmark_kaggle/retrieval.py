@@ -166,8 +166,10 @@ class Retrieval:
                 "glr2020_3rd": scoring.THIRD_NEIGHBOURS}[self.rule]
 
     def score(self, cos: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query: the model label predicted (-1: none) and its confidence, under ``inference.scoring``."""
-        masked = cos if self.allowed_classes is None else np.where(self.allowed_classes, cos, -2.0)
+        """Per query: the model label predicted (-1: none) and its confidence, under ``inference.scoring``.
+
+        ``cos`` may be changed in place (restricted classes lowered): it is the caller's scratch block.
+        """
         sims, labels = None, None
         if self.index is not None:
             sims, rows = self.index.search(emb, self.neighbours())
@@ -178,9 +180,12 @@ class Retrieval:
         if self.rule == "glr2020_3rd":
             # The probability is the classifier's own: a softmax over every class, restricted or not.
             return scoring.glr2020_3rd(cos, self.scale, sims, labels)
-        label, conf = scoring.linear(masked, sims, labels, self.inf.retrieval_weight)
+        if self.allowed_classes is not None:
+            # Out of the running (cos θ >= -1 everywhere else), in place: the block is predict's own.
+            cos[:, ~self.allowed_classes] = -2.0
+        label, conf = scoring.linear(cos, sims, labels, self.inf.retrieval_weight)
         if self.dis is not None:
             dsims, _ = self.dis.search(emb, self.inf.topk_neighbours)
-            ref = sims.mean(axis=1) if sims is not None else masked[np.arange(len(label)), label]
+            ref = sims.mean(axis=1) if sims is not None else cos[np.arange(len(label)), label]
             conf = conf - scoring.nonlandmark_penalty(dsims, self.inf.nonlandmark_weight, ref)
         return label, conf

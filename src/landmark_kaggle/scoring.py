@@ -61,16 +61,22 @@ def classifier(cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return top.astype(np.int64), cos[np.arange(len(top)), top].astype(np.float64)
 
 
-def _best_without(cos: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Per row, the class of highest cos θ among those no neighbour carries (in row chunks: no [Q, C] copy)."""
-    out = np.empty(len(cos), np.int64)
-    for a in range(0, len(cos), chunk):
-        part = np.array(cos[a:a + chunk], np.float64)
-        lab = labels[a:a + chunk]
-        rows = np.broadcast_to(np.arange(len(part))[:, None], lab.shape)
-        part[rows[lab >= 0], lab[lab >= 0]] = -np.inf
-        out[a:a + chunk] = part.argmax(axis=1)
-    return out
+def _best_without(cos: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, the class of highest cos θ among those no neighbour carries.
+
+    The neighbours' classes are set to -inf in place for one argmax and then
+    restored, so a [Q, C] block (1 GiB at 81,313 classes) is never copied.
+    """
+    if not cos.flags.writeable:
+        cos = cos.copy()
+    rows = np.broadcast_to(np.arange(len(cos))[:, None], labels.shape)[labels >= 0]
+    cols = labels[labels >= 0]
+    saved = cos[rows, cols].copy()
+    try:
+        cos[rows, cols] = -np.inf
+        return cos.argmax(axis=1)
+    finally:
+        cos[rows, cols] = saved
 
 
 def linear(cos: np.ndarray, sims: np.ndarray | None, labels: np.ndarray | None,
@@ -123,12 +129,18 @@ def glr2020_1st(sims: np.ndarray, labels: np.ndarray, b: np.ndarray, c: np.ndarr
     return label, np.where(label >= 0, total - np.asarray(c, np.float64), 0.0)
 
 
-def log_softmax_at(cos: np.ndarray, scale: float, labels: np.ndarray) -> np.ndarray:
-    """log p(label) under softmax(scale · cos θ) over every class, for each ``labels[q, j]`` (-inf for -1)."""
-    logits = scale * np.asarray(cos, np.float64)
-    peak = logits.max(axis=1, keepdims=True)
-    lse = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-    at = np.take_along_axis(logits, np.maximum(labels, 0), axis=1) - lse[:, None]
+def log_softmax_at(cos: np.ndarray, scale: float, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """log p(label) under softmax(scale · cos θ) over every class, for each ``labels[q, j]`` (-inf for -1).
+
+    The log-sum-exp runs over row chunks in the input's precision (its terms are at most 1 after subtracting
+    the peak), so a [Q, C] block is never widened or copied whole; the result is float64.
+    """
+    lse = np.empty(len(cos), np.float64)
+    for a in range(0, len(cos), chunk):
+        logits = scale * cos[a:a + chunk]
+        peak = logits.max(axis=1, keepdims=True)
+        lse[a:a + chunk] = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1, dtype=np.float64))
+    at = scale * np.take_along_axis(cos, np.maximum(labels, 0), axis=1).astype(np.float64) - lse[:, None]
     return np.where(labels >= 0, at, -np.inf)
 
 

@@ -124,18 +124,20 @@ class DeviceIndex:
         """Top-k cosine similarity of each query against every row, best first: (sims float32, rows int64)."""
         import tensorflow as tf
 
-        queries = np.asarray(queries, np.float32)
         q, n = len(queries), len(self)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries of shape {queries.shape} against an index of {self.dim} dims")
+        if np.ndim(queries) != 2 or np.shape(queries)[1] != self.dim:
+            raise ValueError(f"queries of shape {np.shape(queries)} against an index of {self.dim} dims")
         k = min(int(k), n)
         if q == 0 or k == 0:
             return np.zeros((q, k), np.float32), np.zeros((q, k), np.int64)
         qb = query_block or self.query_block(q, budget)
-        if q > qb * PASS_BLOCKS:  # bound the queries resident at once (B of a 1.58M-row index searches them all)
+        if q > qb * PASS_BLOCKS:
+            # Bound the queries widened and resident at once: B of a 1.58M-row index searches every row (a
+            # memory-mapped float16 matrix, read one pass at a time).
             step = qb * PASS_BLOCKS
             got = [self.search(queries[s:s + step], k, query_block=qb) for s in range(0, q, step)]
             return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+        queries = np.asarray(queries, np.float32)
         with tf.device(self.device):
             parts = [tf.constant(queries[s:s + qb]) for s in range(0, q, qb)]
             best_s: list = [None] * len(parts)
