@@ -51,7 +51,7 @@ setup(
     description="Google Landmark Recognition (GLDv2) from raw images to a GAP-scored submission.csv",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.13",
+    python_requires=">=3.11,<3.14",
     package_dir={"": "src", "tfrec_builder": "tfrec_builder"},
     packages=find_packages("src") + ["tfrec_builder"],
     install_requires=INSTALL_REQUIRES,

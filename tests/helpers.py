@@ -223,3 +223,49 @@ def score_json(solution, submission) -> dict:
     proc = run_cli("score", "--solution", solution, "--submission", submission, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+# -- Kaggle input trees: what Kaggle mounts under /kaggle/input, in each layout it has been seen to use --------------
+
+LAYOUTS = ("classic", "new", "models")
+
+
+def input_path(root: Path, layout: str, kind: str, slug: str) -> Path:
+    """Where Kaggle mounts source ``slug`` of ``kind`` (competition | dataset | model) in ``layout``.
+
+    classic: ``<slug>/`` for everything; new: ``competitions/<slug>/`` and ``datasets/<owner>/<slug>/``;
+    models: as new, but a model is a Kaggle Model, ``<model>/<framework>/<variation>/<version>/``.
+    """
+    if layout == "classic":
+        return root / slug
+    if kind == "competition":
+        return root / "competitions" / slug
+    if kind == "model" and layout == "models":
+        return root / slug / "keras" / "default" / "1"
+    return root / "datasets" / "alice" / slug
+
+
+def kaggle_input_tree(root: Path, layout: str, sources: dict[str, tuple[str, Path]]) -> dict[str, Path]:
+    """Copy each source folder (name -> (kind, folder)) to where ``layout`` mounts it; returns name -> new place."""
+    placed = {}
+    for name, (kind, folder) in sources.items():
+        dest = input_path(root, layout, kind, name)
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+        placed[name] = dest
+    return placed
+
+
+def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
+    """A test-only competition folder: the images under random ids as ``test/a/b/c/<id>.jpg`` + sample_submission."""
+    from landmark_kaggle.gld import image_path
+
+    rng = np.random.default_rng(seed)
+    ids = []
+    for src in images:
+        image_id = "".join(rng.choice(list("0123456789abcdef"), 16))
+        dst = image_path(out, "test", image_id)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        ids.append(image_id)
+    pd.DataFrame({"id": sorted(ids), "landmarks": ""}).to_csv(out / "sample_submission.csv", index=False)
+    return out

@@ -57,6 +57,7 @@ class ModelConfig:
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multiworker", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+INFERENCE_PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,12 @@ class InferenceConfig:
     index_from: str = "bundle"
     restrict_to_competition_train: bool = False  # only predict landmarks listed in the competition's train.csv
     query_block: int = 0  # images embedded per search call; 0: sized to memory
+    # The network's precision at inference, whatever it was trained under: float32 (T4 and P100 have no fast
+    # bf16), float16 for GPUs with fast half precision, bfloat16. Variables and the classifier stay float32.
+    precision: str = "float32"
+    # predict fails when more than this share of the test images give no prediction (unreadable or missing):
+    # a systematic decode bug must not pass for a submission.
+    max_unreadable: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,9 @@ class Config:
             ("inference.index_from", self.inference.index_from in INDEX_SOURCES,
              f"must be one of {', '.join(INDEX_SOURCES)}"),
             ("inference.query_block", self.inference.query_block >= 0, "must be >= 0 (0: sized to memory)"),
+            ("inference.precision", self.inference.precision in INFERENCE_PRECISIONS,
+             f"must be one of {', '.join(INFERENCE_PRECISIONS)}"),
+            ("inference.max_unreadable", 0 <= self.inference.max_unreadable <= 1, "must be in [0, 1]"),
         ]
         for name, ok, why in checks:
             if not ok:

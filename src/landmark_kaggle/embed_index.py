@@ -145,7 +145,7 @@ def build_index(model_dir, out: str | os.PathLike, *, data=None, images: str | N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, action="append",
-                        help="model folder (model.keras, config.json, label_map.csv); repeat for an ensemble")
+                        help="model folder (model.weights.h5, config.json, label_map.csv); repeat for an ensemble")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+", metavar="TFREC_DIR",
                      help="TFRecord folder(s) or globs (parts of one build): embeds their train and validation shards")

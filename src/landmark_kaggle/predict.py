@@ -15,10 +15,17 @@ the competition's own train set (``competition.py``). Every test image gets a
 row: one that cannot be read gets an empty prediction and is counted in the
 summary. ``inference.*`` settings can be changed with ``--set``.
 
-``--kaggle`` takes everything from the Kaggle roots (``landmark_kaggle.paths``):
-every model folder, the index and distractor datasets under the input root, the
+When more than ``inference.max_unreadable`` (default 1%) of the images give no
+prediction, ``predict`` writes no submission and fails naming the first few
+and the error each raises: a systematic decode bug must not pass for a
+submission of empty rows.
+
+``--kaggle`` fills in what the command line leaves out from the Kaggle roots
+(``landmark_kaggle.paths``, inputs found by what they hold in any layout):
+every model folder (several are an ensemble), the index and distractors, the
 competition's folder (test images, sample_submission.csv, train.csv, train/),
-and writes ``submission.csv`` into the working root.
+and ``submission.csv`` in the working root. A value given on the command line
+is never replaced.
 """
 
 from __future__ import annotations
@@ -40,31 +47,63 @@ from landmark_kaggle.errors import UserError
 MAX_QUERY_BLOCK = 32768
 
 
-def _find_datasets(root: Path, marker: str) -> list[Path]:
-    found = [p.parent for depth in ("*", "*/*", "*/*/*") for p in root.glob(f"{depth}/{marker}")]
-    return sorted(set(found))
+def kaggle_inputs(args: argparse.Namespace) -> None:
+    """Fill what the command line left out from the Kaggle roots; a value the user gave is never replaced.
+
+    Inputs are found by what they hold (``paths.find_inputs``), in any layout Kaggle mounts them.
+    """
+    found = paths.find_inputs()
+    if args.model is None:
+        # Every model folder attached, in path order: several are an ensemble (an index records the same order).
+        args.model = found.every("model")
+    if args.index is None:
+        args.index = found.optional("index")
+    if args.distractors is None:
+        args.distractors = found.optional("distractors")
+    comp = None
+    if args.images is None and args.tfrec is None:
+        comp = found.one("competition")
+        args.images = comp / "test"
+        # The competition's id list goes with the competition's images only, never with images named by hand.
+        if args.ids is None and (comp / "sample_submission.csv").is_file():
+            args.ids = comp / "sample_submission.csv"
+    if args.competition is None:
+        args.competition = comp or found.optional("competition")
+    if args.out is None:
+        args.out = paths.kaggle_working_root() / "submission.csv"
 
 
-def kaggle_inputs() -> dict:
-    """Locate models, index, distractors, the competition folder and output from the Kaggle roots."""
-    root = paths.kaggle_input_root()
-    from landmark_kaggle.model import MODEL_FILE
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:240] if text else ''}"
 
-    models = _find_datasets(root, MODEL_FILE)
-    if not models:
-        raise UserError(f"no model folder (model.keras) under {root}")
-    index, distractors = None, None
-    for folder in _find_datasets(root, retrieval.INDEX_META):
-        meta = json.loads((folder / retrieval.INDEX_META).read_text(encoding="utf-8"))
-        if meta.get("landmarks", 0) > 0:
-            index = index or folder
-        else:
-            distractors = distractors or folder
-    comp = paths.competition_data_dir()
-    # Every model folder found: several are an ensemble, in path order (an index records the same order).
-    return {"model": models, "index": index, "distractors": distractors, "images": comp / "test",
-            "ids": comp / "sample_submission.csv", "competition": comp,
-            "out": paths.kaggle_working_root() / "submission.csv"}
+
+def why_unreadable(path, data_cfg) -> str:
+    """Decode and transform one image eagerly, outside tf.data's ignore_errors, and return the error it raises."""
+    import tensorflow as tf
+
+    from landmark_kaggle import pipeline
+
+    try:
+        pipeline.eval_transform(pipeline.decode_image(tf.io.read_file(str(path))), data_cfg)
+    except Exception as exc:  # whatever TensorFlow raises is the answer we want
+        return _first_line(exc)
+    return "decodes on its own; failed inside the batch pipeline"
+
+
+def check_unreadable(missed: list[str], total: int, limit: float, files: dict[str, str], data_cfg,
+                     source: str) -> None:
+    """Raise when more than ``limit`` of ``total`` images gave no prediction, naming the first few and why."""
+    if not total or len(missed) <= limit * total:
+        return
+    lines = []
+    for i in missed[:5]:
+        path = files.get(i)
+        lines.append(f"{path}: {why_unreadable(path, data_cfg)}" if path else f"{i}: no such image in {source}")
+    raise UserError(f"{len(missed)} of {total} images ({len(missed) / total:.1%}) gave no prediction, more than "
+                    f"inference.max_unreadable = {limit:g}; no submission written. First ones:\n  "
+                    + "\n  ".join(lines) + "\n(a few corrupt files are fine: raise inference.max_unreadable "
+                    "with --set if that is what this is)")
 
 
 def query_block_size(inference, num_classes: int) -> int:
@@ -80,16 +119,18 @@ def query_block_size(inference, num_classes: int) -> int:
 
 
 def _test_images(images, tfrec, data_cfg):
+    """(ids, dataset, names skipped, {id: file} for images, where they come from)."""
     from landmark_kaggle import pipeline
 
     if (images is None) == (tfrec is None):
         raise UserError("give exactly one of --images DIR or --tfrec PATTERN")
     if images is not None:
         ids, files, skipped = pipeline.list_images(images)
-        return ids, pipeline.image_folder_dataset(ids, files, data_cfg), skipped
+        by_id = dict(zip(ids.tolist(), files.tolist(), strict=True))
+        return ids, pipeline.image_folder_dataset(ids, files, data_cfg), skipped, by_id, str(images)
     files = pipeline.tfrec_files(tfrec)
     ids, _ = pipeline.tfrec_ids(files)
-    return ids, pipeline.tfrec_eval_dataset(files, data_cfg), []
+    return ids, pipeline.tfrec_eval_dataset(files, data_cfg), [], {}, ", ".join(files)
 
 
 def _expected_ids(ids: np.ndarray, ids_csv) -> list[str]:
@@ -166,7 +207,7 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
     models = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
     embedder = load_embedder(models, overrides)
     inf = embedder.config.inference
-    ids, dataset, skipped = _test_images(images, tfrec, embedder.data_cfg)
+    ids, dataset, skipped, files, source = _test_images(images, tfrec, embedder.data_cfg)
     expected = _expected_ids(ids, ids_csv)
     retr, notes = _retrieval(embedder, out, index, distractors, competition, competition_index)
     for note in notes:
@@ -185,8 +226,10 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
     from landmark_kaggle.submission import write_submission
 
     out = Path(out)
+    missed = [i for i in expected if i not in best_lid]
+    check_unreadable(missed, len(expected), inf.max_unreadable, files, embedder.data_cfg, source)
     write_submission(out, expected, [best_lid.get(i, -1) for i in expected], [best_conf.get(i, 0.0) for i in expected])
-    unreadable = sum(1 for i in expected if i not in best_lid)
+    unreadable = len(missed)
     summary = {
         "images": len(expected), "predicted": len(expected) - unreadable, "unreadable": unreadable,
         # Readable images a retrieval rule found no evidence for (every neighbour a non-landmark): empty rows.
@@ -202,14 +245,14 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append",
-                        help="model folder (model.keras, config.json, label_map.csv); repeat for an ensemble")
+                        help="model folder (model.weights.h5, config.json, label_map.csv); repeat for an ensemble")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--images", help="folder of test images <id>.jpg, any depth (GLDv2's test/a/b/c/ works)")
     src.add_argument("--tfrec", nargs="+", metavar="PATTERN",
                      help="TFRecord shard files or globs holding the test images")
     parser.add_argument("--ids", help="CSV with an id column (e.g. sample_submission.csv): the rows to write; "
                                       "an id with no readable image gets an empty prediction")
-    parser.add_argument("--out", default="submission.csv", help="submission file (default: submission.csv)")
+    parser.add_argument("--out", help="submission file (default: submission.csv; with --kaggle in the working root)")
     parser.add_argument("--index", help="retrieval index from embed-index: re-rank with nearest training images")
     parser.add_argument("--distractors", help="index of non-landmark images (embed-index --images): "
                                               "lowers the confidence of test images that resemble them")
@@ -221,31 +264,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE",
                         help="override an inference setting, e.g. --set inference.scoring=glr2020_1st")
     parser.add_argument("--kaggle", action="store_true",
-                        help="inside a Kaggle kernel: find models, indexes, the competition folder and output "
-                             "by the Kaggle roots")
+                        help="inside a Kaggle kernel: find whatever is not given (models, index, distractors, the "
+                             "competition's test images and ids, output) among the inputs by what they hold")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.kaggle:
-        found = kaggle_inputs()
-        for key in ("model", "index", "distractors", "ids", "out", "competition"):
-            if getattr(args, key, None) is None or key in ("model", "out"):
-                setattr(args, key, found[key])
-        if args.tfrec is None:
-            args.images = found["images"]
-        if not Path(args.ids).is_file():
-            args.ids = None
+        kaggle_inputs(args)
         import landmark_kaggle
 
         print(f"predict --kaggle: package {Path(landmark_kaggle.__file__).parent}, "
-              f"model {', '.join(map(str, args.model))}, index {args.index}, distractors {args.distractors}")
+              f"model {', '.join(map(str, args.model))}, index {args.index}, distractors {args.distractors}, "
+              f"images {args.images or args.tfrec}, ids {args.ids}, competition {args.competition}, out {args.out}")
     if not args.model:
         raise UserError("--model is required (or --kaggle)")
-    s = predict(args.model, args.out, images=args.images, tfrec=args.tfrec, ids_csv=args.ids, index=args.index,
+    out = args.out or "submission.csv"
+    s = predict(args.model, out, images=args.images, tfrec=args.tfrec, ids_csv=args.ids, index=args.index,
                 distractors=args.distractors, competition=args.competition,
                 competition_index=args.competition_index, overrides=args.overrides)
     print(f"predict: {s['images']} images, {s['predicted']} predicted, {s['unreadable']} unreadable (empty "
           f"prediction), {s['skipped_names']} files skipped (not ids), {s['images_per_second']:.1f} images/s, "
           f"retrieval {'on' if s['retrieval'] else 'off'}, scoring {s['inference']['scoring']}, "
-          f"{len(s['models'])} model(s) → {args.out}")
+          f"{len(s['models'])} model(s) → {out}")
     return 0

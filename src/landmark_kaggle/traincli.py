@@ -1,6 +1,6 @@
 """Train EfficientNetV2-S + ArcFace on a TFRecord shard folder into a model folder.
 
-Writes MODEL_DIR/model.keras, config.json, label_map.csv, history.csv and
+Writes MODEL_DIR/model.weights.h5, config.json, label_map.csv, history.csv and
 plots/{lr,loss,topk}.png, with a checkpoint every epoch (and every
 session.checkpoint_every_steps steps). Rerun with --resume after an interruption
 to continue exactly where it stopped; --time-budget 8h30m stops cleanly and
