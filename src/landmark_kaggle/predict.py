@@ -54,8 +54,7 @@ def kaggle_inputs(args: argparse.Namespace) -> None:
     """
     found = paths.find_inputs()
     if args.model is None:
-        # Every model folder attached, in path order: several are an ensemble (an index records the same order).
-        args.model = found.every("model")
+        args.model = distinct_models(found.every("model"))
     if args.index is None:
         args.index = found.optional("index")
     if args.distractors is None:
@@ -71,6 +70,25 @@ def kaggle_inputs(args: argparse.Namespace) -> None:
         args.competition = comp or found.optional("competition")
     if args.out is None:
         args.out = paths.kaggle_working_root() / "submission.csv"
+
+
+def distinct_models(folders: list[Path]) -> list[Path]:
+    """Model folders in path order, each set of weights once: several distinct ones are an ensemble.
+
+    A model attached twice (as a dataset and as the training output it came
+    from) has the same weights file; predicting with it twice would only
+    double the work, so the first copy stands for both.
+    """
+    from landmark_kaggle.fileio import file_sha256
+    from landmark_kaggle.model import WEIGHTS_FILE
+
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        seen.setdefault(file_sha256(Path(folder) / WEIGHTS_FILE), Path(folder))
+    kept = list(seen.values())
+    if len(kept) < len(folders):
+        print(f"model folders: {len(folders)} attached, {len(kept)} distinct (same weights counted once)")
+    return kept
 
 
 def _first_line(exc: BaseException) -> str:
