@@ -12,7 +12,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import kaggle_server as kaggle_api  # noqa: E402
 import pytest  # noqa: E402
-from helpers import REALDATA, inference_world, make_shards, real_folder  # noqa: E402
+from helpers import REALDATA, ensemble_world, inference_world, make_shards, real_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,12 @@ def real_photos(tmp_path_factory, realdata):
 def world(tmp_path_factory):
     """Sample, shards, a tiny trained model and its retrieval indexes (``helpers.inference_world``)."""
     return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
+
+
+@pytest.fixture(scope="session")
+def ensemble(tmp_path_factory, world):
+    """A second tiny model (40 px) and the two models' indexes, with B (``helpers.ensemble_world``)."""
+    return ensemble_world(tmp_path_factory.getbasetemp() / "ensemble_world", world)
 
 
 @pytest.fixture

@@ -141,8 +141,9 @@ def distractor_folder(out: Path, n: int = 24, seed: int = 5) -> Path:
     return out
 
 
-def train_tiny_model(root: Path, out: Path, epochs: int = 12) -> Path:
-    """EfficientNetV2-B0 at 32 px fitted on every training image of a GLDv2 folder, saved as a model folder."""
+def train_tiny_model(root: Path, out: Path, epochs: int = 12, image_size: int = 32) -> Path:
+    """EfficientNetV2-B0 at ``image_size`` px fitted on every training image of a GLDv2 folder, saved as a
+    model folder."""
     import tensorflow as tf
 
     from landmark_kaggle.config import config_from_dict
@@ -152,7 +153,7 @@ def train_tiny_model(root: Path, out: Path, epochs: int = 12) -> Path:
     from landmark_kaggle.pipeline import decode_image, eval_transform
 
     index = load_train_index(root)
-    cfg = config_from_dict({"data": {"image_size": 32},
+    cfg = config_from_dict({"data": {"image_size": image_size},
                             "model": {"backbone": "EfficientNetV2B0", "embedding_dim": 32, "dropout": 0.0},
                             "train": {"epochs": epochs}, "optim": {"learning_rate": 3e-3, "warmup_epochs": 0},
                             "inference": {"batch_size": 16, "topk_neighbours": 3}})
@@ -175,7 +176,8 @@ def inference_world(base: Path) -> dict:
     from landmark_kaggle.sample import make_sample
 
     world = {"root": base / "sample", "tfrec": base / "tfrec", "model": base / "model",
-             "index": base / "index", "distractors": base / "distractors"}
+             "index": base / "index", "distractors": base / "distractors",
+             "distractor_images": base / "distractor_images"}
     if (base / "done").is_file():
         return world
     if base.exists():
@@ -188,6 +190,27 @@ def inference_world(base: Path) -> dict:
     build_index(world["model"], world["distractors"], images=str(distractor_folder(base / "distractor_images")))
     (base / "done").write_text("ok")
     return world
+
+
+def ensemble_world(base: Path, world: dict) -> dict:
+    """A second tiny model beside the world's (another seed, 40 px, fewer epochs) and the pair's indexes:
+    the non-landmark views, and the training shards with B against them (``embed-index --nonlandmarks``)."""
+    import keras
+
+    from landmark_kaggle.embed_index import build_index
+
+    out = {"model_b": base / "model_b", "index": base / "index", "distractors": base / "distractors"}
+    if (base / "done").is_file():
+        return out
+    if base.exists():
+        shutil.rmtree(base)
+    keras.utils.set_random_seed(1)
+    train_tiny_model(world["root"], out["model_b"], epochs=8, image_size=40)
+    pair = [world["model"], out["model_b"]]
+    build_index(pair, out["distractors"], images=str(world["distractor_images"]))
+    build_index(pair, out["index"], data=str(world["tfrec"]), nonlandmarks=out["distractors"])
+    (base / "done").write_text("ok")
+    return out
 
 
 def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:

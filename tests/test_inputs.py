@@ -135,8 +135,8 @@ def test_predict_kaggle_fills_only_what_the_command_line_left_out(tmp_path, monk
     args = _args(model=tmp_path / "mine", out=tmp_path / "mine.csv", index=tmp_path / "my-index")
     predict.kaggle_inputs(args)
     comp = expected["competition"][0]
-    assert (Path(args.model), Path(args.out), Path(args.index)) == (tmp_path / "mine", tmp_path / "mine.csv",
-                                                                      tmp_path / "my-index")
+    assert (args.model, Path(args.out), Path(args.index)) == ([str(tmp_path / "mine")], tmp_path / "mine.csv",
+                                                                tmp_path / "my-index")
     assert (args.distractors, args.images, args.ids) == (expected["distractors"][0], comp / "test",
                                                          comp / "sample_submission.csv")
     # Images named by hand never get the competition's id list.
@@ -144,6 +144,12 @@ def test_predict_kaggle_fills_only_what_the_command_line_left_out(tmp_path, monk
     predict.kaggle_inputs(args)
     assert (args.images, args.ids, args.out) == (str(tmp_path / "imgs"), None,
                                                  tmp_path / "working" / "submission.csv")
-    # Left to find it, two model folders are the two-candidates error (an ensemble once predict takes a list).
-    with pytest.raises(UserError, match="found 2 candidates for a model folder"):
-        predict.kaggle_inputs(_args())
+    # Left to find them: the model dataset and the training output hold the same weights, so one model ...
+    args = _args(images=tmp_path / "imgs")
+    predict.kaggle_inputs(args)
+    assert args.model == [expected["model"][0]]
+    # ... and two different models are a two-model ensemble, in path order.
+    (expected["model"][1] / WEIGHTS_FILE).write_bytes(b"other weights")
+    args = _args(images=tmp_path / "imgs")
+    predict.kaggle_inputs(args)
+    assert args.model == sorted(expected["model"])

@@ -121,12 +121,26 @@ class EmbeddingsConfig:
     class_sample: float = 0.0
 
 
+TTA_MODES = ("none", "flip")
+SCORING_RULES = ("linear", "glr2020_1st", "glr2020_3rd")
+INDEX_SOURCES = ("bundle", "competition", "both")
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
+    """``predict`` and ``embed-index``: batching, retrieval, the scoring rule (``scoring.py``), TTA."""
+
     batch_size: int = 64
     topk_neighbours: int = 5
-    retrieval_weight: float = 0.5
-    nonlandmark_weight: float = 1.0
+    retrieval_weight: float = 0.5  # linear rule only
+    nonlandmark_weight: float = 1.0  # linear rule only
+    scoring: str = "linear"  # see SCORING_RULES
+    tta: str = "none"  # none | flip: average an image's and its mirror's embeddings and cosines
+    # Where the retrieval index comes from: the --index folder, the competition's mounted train/ embedded at
+    # predict time, or both (an image in both counts once, from the competition).
+    index_from: str = "bundle"
+    restrict_to_competition_train: bool = False  # only predict landmarks listed in the competition's train.csv
+    query_block: int = 0  # images embedded per search call; 0: sized to memory
     # The network's precision at inference, whatever it was trained under: float32 (T4 and P100 have no fast
     # bf16), float16 for GPUs with fast half precision, bfloat16. Variables and the classifier stay float32.
     precision: str = "float32"
@@ -185,6 +199,12 @@ class Config:
             ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),
             ("inference.retrieval_weight", 0 <= self.inference.retrieval_weight <= 1, "must be in [0, 1]"),
             ("inference.nonlandmark_weight", self.inference.nonlandmark_weight >= 0, "must be >= 0"),
+            ("inference.scoring", self.inference.scoring in SCORING_RULES,
+             f"must be one of {', '.join(SCORING_RULES)}"),
+            ("inference.tta", self.inference.tta in TTA_MODES, f"must be one of {', '.join(TTA_MODES)}"),
+            ("inference.index_from", self.inference.index_from in INDEX_SOURCES,
+             f"must be one of {', '.join(INDEX_SOURCES)}"),
+            ("inference.query_block", self.inference.query_block >= 0, "must be >= 0 (0: sized to memory)"),
             ("inference.precision", self.inference.precision in INFERENCE_PRECISIONS,
              f"must be one of {', '.join(INFERENCE_PRECISIONS)}"),
             ("inference.max_unreadable", 0 <= self.inference.max_unreadable <= 1, "must be in [0, 1]"),

@@ -225,6 +225,16 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
 
 
 # -- the evaluation datasets inference reads: every image through ``eval_transform``, each carrying its id ----------
+# ``data_cfg`` may be one DataConfig or a sequence of them (an ensemble of models with different input sizes):
+# then each image comes as a tuple of views, one per config, all decoded from the same bytes.
+
+
+def eval_views(image, data_cfg):
+    """``eval_transform`` under one config, or a tuple of views under several."""
+    if isinstance(data_cfg, list | tuple):
+        return tuple(eval_transform(image, c) for c in data_cfg)
+    return eval_transform(image, data_cfg)
+
 
 def list_images(folder) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every ``<id>.jpg`` under folder (any depth), sorted by id; names that are not ids are returned apart."""
@@ -244,7 +254,7 @@ def image_folder_dataset(ids, files, data_cfg) -> tf.data.Dataset:
     Order is not kept (each image carries its id), so a slow file never holds up the batch behind it.
     """
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(ids, str), np.asarray(files, str)))
-    ds = ds.map(lambda i, p: (i, eval_transform(decode_image(tf.io.read_file(p)), data_cfg)),
+    ds = ds.map(lambda i, p: (i, eval_views(decode_image(tf.io.read_file(p)), data_cfg)),
                 num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.ignore_errors()
 
@@ -274,6 +284,6 @@ def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
 def tfrec_eval_dataset(files, data_cfg, skip: int = 0, take: int = -1) -> tf.data.Dataset:
     """(id, image) pairs of records ``skip`` … ``skip + take`` of the shards, through the eval path."""
     ds = tf.data.TFRecordDataset(files).map(records.parse_example).skip(skip).take(take)
-    ds = ds.map(lambda r: (r["id"], eval_transform(decode_image(r["image"]), data_cfg)),
+    ds = ds.map(lambda r: (r["id"], eval_views(decode_image(r["image"]), data_cfg)),
                 num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.ignore_errors()
