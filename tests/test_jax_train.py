@@ -70,10 +70,10 @@ def _tf_settings():
 @pytest.fixture(scope="module")
 def start(shards):
     """The weights every run starts from: a model folder saved here (TensorFlow), read by the JAX runs."""
+    import keras
+
     from landmark_kaggle.gld import read_label_map
     from landmark_kaggle.model import save_model_dir
-
-    import keras
 
     folder = shards.parent / "jax-start"
     if not (folder / "config.json").is_file():
