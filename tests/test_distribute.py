@@ -151,7 +151,7 @@ def test_mirrored_over_two_logical_cpus_trains_and_matches_one_device(shards, tm
     assert res["weight_diff"] < 1e-4 and res["logit_diff"] < 1e-2
     assert res["summary"] == {"status": "complete", "replicas": 2, "global_step": 2, "strategy": "mirrored"}
     np.testing.assert_allclose(res["val"], res["plain_val"], rtol=1e-4)
-    assert (tmp_path / "model" / "model.keras").is_file()
+    assert (tmp_path / "model" / "model.weights.h5").is_file()
 
 
 # One multi-worker training run through the trainer; the worker saves every variable of the model it
@@ -254,7 +254,7 @@ def test_two_workers_train_the_weights_two_replicas_must_on_the_same_global_batc
     assert all(r["replicas"] == 2 and r["status"] == "complete" and r["global_step"] == 3 for r in res)
     assert res[0]["loss"] == res[1]["loss"]
     # Only the chief writes the model folder.
-    assert (tmp_path / "out1" / "model.keras").is_file() and (tmp_path / "out1" / "history.csv").is_file()
+    assert (tmp_path / "out1" / "model.weights.h5").is_file() and (tmp_path / "out1" / "history.csv").is_file()
     assert not (tmp_path / "out0").exists()
 
     cfg = config_from_dict({}, [*SMALL, *MW])

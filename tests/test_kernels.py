@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import score_json
+from helpers import LAYOUTS, kaggle_input_tree, score_json
 
 from landmark_kaggle import kernels
 from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+
+SHARDS_DATASET = "landmark-kaggle-tfrec"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,3 +90,66 @@ def test_build_kernel_writes_shards_from_the_competition_folder(world, tmp_path)
     assert list_shards(str(working / "tfrec"), "train")
     assert manifest["input"] == len(train)
     assert sum(manifest["written"].values()) + manifest["removed"] + manifest["failed"] == len(train)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return kernels.build_wheel(tmp_path_factory.mktemp("wheel") / kernels.WHEEL_DATASET)
+
+
+def _plan(name: str, inp: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run launcher NAME as Kaggle would, with LANDMARK_KAGGLE_PLAN=1: it installs the wheel, finds its
+    inputs and prints the command it would run, without running it."""
+    working = tmp_path / f"working-{name}"
+    working.mkdir()
+    script = kernels.render_kernel(name, "alice", tmp_path / f"rendered-{name}") / f"{name}.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
+                "LANDMARK_KAGGLE_PLAN": "1"})
+    return subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _marker_sources(root: Path) -> dict:
+    """A competition folder and a two-part shard dataset, as far as finding them goes (nothing is read)."""
+    comp = root / "comp"
+    (comp / "test" / "0" / "1" / "2").mkdir(parents=True)
+    (comp / "sample_submission.csv").write_text("id,landmarks\n")
+    (comp / "train.csv").write_text("id,landmark_id\n")
+    for part in ("part-000", "part-001"):
+        (root / "tfrec" / part).mkdir(parents=True)
+        (root / "tfrec" / part / "label_map.csv").write_text("label,landmark_id,count\n")
+        (root / "tfrec" / part / "train-00000-of-00001.tfrec").write_bytes(b"")
+    return {COMPETITION: ("competition", comp), SHARDS_DATASET: ("dataset", root / "tfrec")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, wheel, tmp_path):
+    inp = tmp_path / "input"
+    placed = kaggle_input_tree(inp, layout, {**_marker_sources(tmp_path / "src"),
+                                             kernels.WHEEL_DATASET: ("dataset", wheel.parent)})
+    shards = placed[SHARDS_DATASET]
+    proc = _plan("train", inp, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"python -m landmark_kaggle.cli train --data {shards / 'part-000'} {shards / 'part-001'} --out model"
+            in proc.stdout)
+    proc = _plan("build", inp, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"python -m tfrec_builder.cli write {placed[COMPETITION]} --out tfrec" in proc.stdout
+
+
+@pytest.mark.slow
+def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, tmp_path):
+    inp = tmp_path / "input"
+    sources = _marker_sources(tmp_path / "src")
+    kaggle_input_tree(inp, "classic", {kernels.WHEEL_DATASET: ("dataset", wheel.parent)})
+    proc = _plan("train", inp, tmp_path)
+    assert proc.returncode == 1 and "landmark-kaggle: found no TFRecord shards" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The competition attached in two layouts at once (an old and a new mount): which one is meant is unclear.
+    kaggle_input_tree(inp, "classic", {COMPETITION: sources[COMPETITION]})
+    kaggle_input_tree(inp, "new", {COMPETITION: sources[COMPETITION]})
+    proc = _plan("build", inp, tmp_path)
+    assert proc.returncode == 1 and "found 2 candidates for the competition data" in proc.stderr
+    assert str(inp / COMPETITION) in proc.stderr and str(inp / "competitions" / COMPETITION) in proc.stderr

@@ -21,14 +21,14 @@ import pytest
 from helpers import CLI
 
 from landmark_kaggle.cli import main
-from landmark_kaggle.config import config_from_dict
+from landmark_kaggle.config import config_from_dict, parse_duration
 from landmark_kaggle.distribute import setup_runtime
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.gld import read_label_map
 from landmark_kaggle.model import build_model, embedding_model, load_model_dir
 from landmark_kaggle.optim import compile_model
 from landmark_kaggle.pipeline import build_dataset
-from landmark_kaggle.train import parse_duration, train_model
+from landmark_kaggle.train import train_model
 
 BASE = ["data.image_size=32", "optim.warmup_epochs=0", "optim.learning_rate=0.002", "model.dropout=0",
         "train.batch_size=8", "runtime.strategy=cpu", "runtime.precision=float32", "data.deterministic=true",
@@ -193,7 +193,11 @@ def test_mixed_bfloat16_on_cpu_trains_and_logits_are_float32(shards, tmp_path):
         rt = setup_runtime("cpu", "mixed_bfloat16")
         summary = train_model(str(shards), tmp_path / "model", cfg, runtime=rt, progress=False)
         assert summary["precision"] == "mixed_bfloat16" and np.isfinite(summary["history"][0]["loss"])
-        model = load_model_dir(tmp_path / "model").model
+        # A model folder is rebuilt in float32 unless inference asks for bf16 (inference.precision).
+        plain = load_model_dir(tmp_path / "model").model
+        assert next(la for la in plain.layers[1].layers if isinstance(la, keras.layers.Conv2D)).compute_dtype == \
+            "float32"
+        model = load_model_dir(tmp_path / "model", precision="bfloat16").model
         assert model.get_layer("logits").compute_dtype == "float32"
         conv = next(la for la in model.layers[1].layers if isinstance(la, keras.layers.Conv2D))
         assert conv.compute_dtype == "bfloat16"

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from landmark_kaggle import gld, records
+from landmark_kaggle.fileio import file_sha256
 from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
@@ -49,7 +50,7 @@ def _rewrite_shard(out, entry, examples):
     m = _manifest(out)
     for e in m["shards"]:
         if e["file"] == entry["file"]:
-            e.update(count=len(examples), bytes=path.stat().st_size, sha256=mf.sha256_file(path))
+            e.update(count=len(examples), bytes=path.stat().st_size, sha256=file_sha256(path))
     _save_manifest(out, m)
 
 

@@ -7,16 +7,20 @@ and resumed build, a partitioned build joined by ``merge`` and a single
 uninterrupted build give the same bytes. Build state (per-shard results, run
 log, temporary shards) lives in the hidden ``.build/`` folder, which
 ``kaggle datasets create -p DIR`` skips like every subfolder.
+
+A part of a split build (``tfrec_builder.parts``) has the same manifest over
+its own shards, with its own ``input`` (its shards' images, plus the outliers
+in part 1), and the build's part table under ``"parts"``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from landmark_kaggle.fileio import atomic_write
 from landmark_kaggle.records import SPLITS
 
 FORMAT = "landmark-kaggle-tfrec/1"
@@ -43,30 +47,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
-    """Write to a temporary name beside ``path`` and rename: readers see all or nothing.
-
-    ``durable`` also fsyncs first, so the file survives a power cut, not only a
-    killed process; per-shard state skips it (a lost state only means that shard
-    is written again).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """``fileio.atomic_write``, durable by default: manifests and metadata survive a power cut, not only a kill
+    (per-shard state passes ``durable=False``: a lost state only means that shard is written again)."""
+    return atomic_write(path, data, durable=durable)
 
 
 def read_json(path: str | os.PathLike) -> dict:
@@ -96,7 +79,8 @@ def _finish(head: dict, shards: list[dict], failed: list[dict], actions: dict, t
         "shards": shards,
     })
     if partition is None:
-        manifest["classes_without_train_images"] = sorted(set(landmark_ids) - trained)
+        if "parts" not in head:  # a part sees only some classes' training images: only the whole build can say
+            manifest["classes_without_train_images"] = sorted(set(landmark_ids) - trained)
         manifest["balanced"] = sum(written.values()) + head["removed"] + len(failed) == head["input"]
     else:
         manifest["partition"] = {"worker_index": partition[0], "num_workers": partition[1],
@@ -128,17 +112,3 @@ def join(parts: list[dict], landmark_ids: list[int]) -> dict:
             actions[k] = actions.get(k, 0) + v
     return _finish(parts[0], [s for p in parts for s in p["shards"]], [f for p in parts for f in p["failed_images"]],
                    actions, {lm for p in parts for lm in p["partition"]["train_landmarks"]}, landmark_ids, None)
-
-
-def dataset_metadata(dataset_id: str | None, image_size: int) -> dict:
-    """``kaggle datasets create -p DIR`` metadata; the owner comes from ``--dataset-id`` or KAGGLE_USERNAME."""
-    if not dataset_id:
-        owner = os.environ.get("KAGGLE_USERNAME") or "INSERT_YOUR_USERNAME"
-        dataset_id = f"{owner}/gldv2-tfrec-{image_size}"
-    return {
-        "title": f"GLDv2 TFRecords {image_size}px",
-        "id": dataset_id,
-        "licenses": [{"name": "CC-BY-4.0"}],
-        "subtitle": "Cleaned Google Landmarks v2 shards with a manifest",
-        "keywords": ["image", "computer vision"],
-    }

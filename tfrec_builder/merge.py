@@ -18,6 +18,7 @@ from pathlib import Path
 
 from landmark_kaggle import gld
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.fileio import file_sha256
 from tfrec_builder import manifest as mf
 
 
@@ -58,14 +59,14 @@ def check_parts(found: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
 def _bring(src: Path, dst_dir: Path, entry: dict) -> None:
     dst = dst_dir / entry["file"]
     if (dst.is_file() and dst.stat().st_size == entry["bytes"]
-            and (src.resolve() == dst.resolve() or mf.sha256_file(dst) == entry["sha256"])):
+            and (src.resolve() == dst.resolve() or file_sha256(dst) == entry["sha256"])):
         return
     if not src.is_file():
         raise UserError(f"{src}: shard listed in its worker's part but missing")
     tmp = mf.build_dir(dst_dir) / "tmp" / f"{entry['file']}.merge.{os.getpid()}.tmp"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, tmp)
-    if mf.sha256_file(tmp) != entry["sha256"]:
+    if file_sha256(tmp) != entry["sha256"]:
         tmp.unlink()
         raise UserError(f"{src}: sha256 does not match its worker's manifest part; rerun that worker")
     os.replace(tmp, dst)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from landmark_kaggle import gld
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.records import SPLITS, shard_name
 
 OUTLIER_COLUMNS = ["id", "landmark_id", "cluster", "reason"]
@@ -32,7 +33,8 @@ class ShardPlan:
     split: str
     index: int
     total: int
-    frame: pd.DataFrame  # id, landmark_id, label, path in write order
+    frame: pd.DataFrame  # id, landmark_id, label, path in write order; size: input file bytes
+    planned_bytes: int  # estimated_bytes summed over the shard's files
 
     @property
     def name(self) -> str:
@@ -117,10 +119,34 @@ def file_sizes(paths: list[str], workers: int = 16, chunk: int = 256) -> np.ndar
         return np.fromiter(chain.from_iterable(pool.map(_sizes, chunks)), np.int64, len(paths))
 
 
-def estimated_bytes(sizes: np.ndarray, image_size: int) -> np.ndarray:
-    # A resized file shrinks to about 0.35 bytes per pixel of the target square at
-    # quality 90; only the shard count depends on this, never which record goes where.
-    return np.minimum(sizes, int(0.35 * image_size * image_size) + 1024)
+# Mean bytes per S² pixels of the target square when a photo is resized to long side S = 512 and
+# re-encoded at each JPEG quality: the 13 real GLDv2 test photos (489–800 px), OpenCV 4.13's
+# libjpeg-turbo. Smaller targets carry more detail per pixel: ×(512/S)^0.2 fits 128–512 px.
+_QUALITIES = (50, 60, 70, 75, 80, 85, 90, 95, 98, 100)
+_BYTES_PER_PIXEL = (0.069, 0.079, 0.094, 0.103, 0.118, 0.139, 0.174, 0.248, 0.342, 0.471)
+# Headroom over that mean: the photos ranged from 0.6x to 1.9x it.
+_HEADROOM = 1.25
+# A record's framing and features besides the JPEG (ids, label, sizes, format).
+RECORD_OVERHEAD = 200
+
+
+def estimated_bytes(sizes: np.ndarray, image_size: int, quality: int) -> np.ndarray:
+    """Planned record bytes of input files of ``sizes`` bytes, from the sizes alone: no file is opened.
+
+    A file comes out as a copy (its own size), or is resized and re-encoded,
+    which lands near ``k(quality)·S²`` whatever its input size. Re-encoding at a
+    higher quality than the source's can grow a file that barely shrinks, so a
+    file counts as its size times ``k(q)/k(75)`` (GLDv2 sources are mostly
+    around quality 75–90), capped by the resized size. On 2,000 real photos of
+    200–1600 px it gave 1.23–1.39x the written bytes at 256–512 px and quality
+    75–100; on inputs that are all copied, up to 4.4x (benchmarks/RESULTS.md).
+    ``write --estimate`` measures instead. It sets the shard count and the part
+    split, never which record goes where.
+    """
+    k = float(np.interp(quality, _QUALITIES, _BYTES_PER_PIXEL))
+    grow = max(1.0, k / float(np.interp(75, _QUALITIES, _BYTES_PER_PIXEL)))
+    resized = _HEADROOM * k * image_size * image_size * (512 / image_size) ** 0.2 + 700  # + the JPEG header
+    return (np.minimum(np.asarray(sizes, np.float64) * grow, resized) + RECORD_OVERHEAD).astype(np.int64)
 
 
 def make_plan(data_dir: str | os.PathLike, *, outliers: str | os.PathLike | None, image_size: int,
@@ -135,7 +161,8 @@ def make_plan(data_dir: str | os.PathLike, *, outliers: str | os.PathLike | None
     label_map = gld.make_label_map(kept["landmark_id"])
     kept["label"] = gld.attach_labels(kept, label_map)
     is_val = split_validation(kept["label"].to_numpy(), val_fraction, seed)
-    est = estimated_bytes(file_sizes(kept["path"].tolist()), image_size)
+    kept["size"] = file_sizes(kept["path"].tolist())
+    est = estimated_bytes(kept["size"].to_numpy(), image_size, quality)
     shard_bytes = max(1.0, shard_mb * 1024 * 1024)
     shards: list[ShardPlan] = []
     digest = hashlib.sha256(repr((image_size, quality, shard_mb, val_fraction, seed)).encode())
@@ -146,11 +173,23 @@ def make_plan(data_dir: str | os.PathLike, *, outliers: str | os.PathLike | None
         rows = rows[np.random.default_rng([seed, 2, split_no]).permutation(len(rows))]
         total = max(1, int(np.ceil(est[rows].sum() / shard_bytes)))
         total = min(total, len(rows))
-        for i, part in enumerate(np.array_split(rows, total)):
+        for i, members in enumerate(np.array_split(rows, total)):
             # A shard's members are a random draw; within it, id order (which is path order
             # under train/a/b/c/) reads the input folder in one sweep instead of at random.
-            sub = kept.iloc[np.sort(part)][["id", "landmark_id", "label", "path"]].reset_index(drop=True)
-            shards.append(ShardPlan(split, i, total, sub))
+            members = np.sort(members)
+            sub = kept.iloc[members][["id", "landmark_id", "label", "path", "size"]].reset_index(drop=True)
+            shards.append(ShardPlan(split, i, total, sub, int(est[members].sum())))
             digest.update(f"{split}/{i}/{total}:".encode())
             digest.update(("|".join(sub["id"] + ":" + sub["label"].astype(str))).encode())
     return Plan(len(frame), removed, label_map, shards, digest.hexdigest(), index.source)
+
+
+def check_settings(image_size: int, quality: int, shard_mb: float, val_fraction: float, max_part_gb: float) -> None:
+    checks = [(image_size >= 16, f"--image-size {image_size} must be >= 16"),
+              (1 <= quality <= 100, f"--quality {quality} must be in 1..100"),
+              (shard_mb > 0, f"--shard-mb {shard_mb} must be > 0"),
+              (0 <= val_fraction < 1, f"--val-fraction {val_fraction} must be in [0, 1)"),
+              (max_part_gb > 0, f"--max-part-gb {max_part_gb} must be > 0")]
+    for ok, why in checks:
+        if not ok:
+            raise UserError(why)

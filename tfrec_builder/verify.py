@@ -1,178 +1,38 @@
-"""Check a shard folder against its manifest by reading every record: counts, sha256, labels, decodable images.
+"""``tfrec-builder verify``: a shard folder, one part of a split build, or the folder holding all its parts.
 
-Each shard is hashed and read through TensorFlow's own TFRecord reader (which
-checks each record's CRC); each record is parsed with the plain protobuf
-``tf.train.Example`` API, its image decoded with ``tf.io.decode_jpeg`` (the
-decoder training uses) and compared with the stored height and width, its
-label looked up in ``label_map.csv``. Problems are returned as lines naming the
-shard and record; the command exits 1 when there are any.
+A folder is checked record by record against its manifest (``checks``); a
+part of a split build the same way against its row of the part table; the
+folder holding all the parts part by part and then as one build
+(``verify_parts``). The command prints every problem and exits 1 when there
+are any.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
-import re
-from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
-from landmark_kaggle import gld
-from landmark_kaggle.records import SPLITS, parse_shard_name
 from tfrec_builder import manifest as mf
-
-_ID = re.compile(r"^[0-9a-f]{16}$")
-
-
-def _feature(example, key: str, kind: str):
-    values = getattr(example.features.feature[key], kind).value
-    return values[0] if len(values) == 1 else None
-
-
-_DECODE = []
-
-
-def _decoder():
-    """One traced JPEG decoder per process (a new tf.function per shard would retrace each time)."""
-    import tensorflow as tf
-
-    if not _DECODE:
-        _DECODE.append(tf.function(lambda b: tf.shape(tf.io.decode_jpeg(b, channels=3)),
-                                   input_signature=[tf.TensorSpec([], tf.string)]))
-    return _DECODE[0]
-
-
-def verify_shard(task: tuple) -> tuple[list[str], list[str]]:
-    """(problems, ids) for one shard file; runs in a worker process."""
-    import tensorflow as tf
-
-    path, entry, label_of = task
-    name = Path(path).name
-    problems: list[str] = []
-    ids: list[str] = []
-    if not Path(path).is_file():
-        return [f"{name}: listed in manifest.json but missing"], ids
-    size = Path(path).stat().st_size
-    if size != entry["bytes"]:
-        problems.append(f"{name}: {size} bytes, manifest.json says {entry['bytes']}")
-    digest = mf.sha256_file(path)
-    if digest != entry["sha256"]:
-        problems.append(f"{name}: sha256 {digest[:12]}… does not match manifest.json ({entry['sha256'][:12]}…)")
-    decode = _decoder()
-    count = 0
-    try:
-        for count, raw in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator(), start=1):
-            where = f"{name}: record {count}"
-            try:
-                ex = tf.train.Example.FromString(raw)
-            except Exception as exc:
-                problems.append(f"{where}: not a tf.train.Example ({exc})")
-                continue
-            image_id = _feature(ex, "image/id", "bytes_list")
-            image_id = image_id.decode("ascii", "replace") if image_id is not None else None
-            if image_id is None or not _ID.match(image_id):
-                problems.append(f"{where}: image/id {image_id!r} is not 16 lowercase hex characters")
-            else:
-                ids.append(image_id)
-                where += f" (id {image_id})"
-            label = _feature(ex, "image/class/label", "int64_list")
-            landmark = _feature(ex, "image/class/landmark_id", "int64_list")
-            if label is None or not 0 <= label < len(label_of):
-                problems.append(f"{where}: label {label} is not in label_map.csv (0..{len(label_of) - 1})")
-            elif landmark != label_of[label]:
-                problems.append(f"{where}: landmark_id {landmark} but label_map.csv maps label {label} "
-                                f"to {label_of[label]}")
-            if _feature(ex, "image/format", "bytes_list") != b"JPEG":
-                problems.append(f"{where}: image/format is not JPEG")
-            encoded = _feature(ex, "image/encoded", "bytes_list")
-            try:
-                h, w, _ = (int(v) for v in decode(tf.constant(encoded or b"")).numpy())
-            except (tf.errors.InvalidArgumentError, ValueError) as exc:
-                problems.append(f"{where}: image does not decode ({str(exc).splitlines()[0][:120]})")
-                continue
-            stored = (_feature(ex, "image/height", "int64_list"), _feature(ex, "image/width", "int64_list"))
-            if stored != (h, w):
-                problems.append(f"{where}: decodes to {h}x{w} (HxW) but records {stored[0]}x{stored[1]}")
-    except tf.errors.OpError as exc:
-        problems.append(f"{name}: unreadable after record {count} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120]})")
-    if count != entry["count"]:
-        problems.append(f"{name}: {count} records, manifest.json says {entry['count']}")
-    return problems, ids
+from tfrec_builder.checks import check_folder, id_problems, read_manifest
+from tfrec_builder.parts import PARTS_JSON, find_part_folders
+from tfrec_builder.verify_parts import parts_summary, verify_parts
 
 
 def verify_dataset(out_dir, *, workers: int | None = 1, progress: bool = False) -> list[str]:
-    """Every problem found in the shard folder ``out_dir``; an empty list means it is sound."""
+    """Every problem found in the shard folder ``out_dir`` (or in the parts under it); empty means sound."""
     out = Path(out_dir)
-    try:
-        manifest = mf.read_json(out / mf.MANIFEST)
-    except FileNotFoundError:
-        return [f"{out / mf.MANIFEST}: missing (an unfinished or partitioned build? run write again, or merge)"]
-    except ValueError as exc:
-        return [f"{out / mf.MANIFEST}: not valid JSON ({exc})"]
-    if manifest.get("format") != mf.FORMAT:
-        return [f"{out / mf.MANIFEST}: format {manifest.get('format')!r}, expected {mf.FORMAT!r}"]
-    problems: list[str] = []
-    try:
-        label_map = gld.read_label_map(out / mf.LABEL_MAP)
-        label_of = label_map["landmark_id"].astype(int).tolist()
-    except gld.GLDError as exc:
-        problems.append(str(exc))
-        label_of = []
-    if label_of and len(label_of) != manifest["num_classes"]:
-        problems.append(f"{mf.LABEL_MAP}: {len(label_of)} classes, manifest.json says {manifest['num_classes']}")
-    written = manifest["written"]
-    total = sum(written.values()) + manifest["removed"] + manifest["failed"]
-    if total != manifest["input"]:
-        problems.append(f"manifest.json: written {sum(written.values())} + removed {manifest['removed']} + failed "
-                        f"{manifest['failed']} = {total}, but input is {manifest['input']}")
-    if manifest["failed"] != len(manifest["failed_images"]):
-        problems.append(f"manifest.json: failed {manifest['failed']} but {len(manifest['failed_images'])} listed")
-    entries = manifest["shards"]
-    for split in SPLITS:
-        listed = [e for e in entries if e["split"] == split]
-        if sum(e["count"] for e in listed) != written[split]:
-            problems.append(f"manifest.json: {split} shards hold {sum(e['count'] for e in listed)} records, "
-                            f"written says {written[split]}")
-        want = manifest["planned"][split]["shards"]
-        if sorted(e["index"] for e in listed) != list(range(want)):
-            problems.append(f"manifest.json: {split} shards are not exactly 0..{want - 1}")
-    on_disk = {p.name for p in out.iterdir() if parse_shard_name(p.name)}
-    for extra in sorted(on_disk - {e["file"] for e in entries}):
-        problems.append(f"{extra}: shard file not listed in manifest.json")
-    tasks = [(str(out / e["file"]), e, label_of) for e in entries]
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(tasks) or 1))
-    seen: Counter[str] = Counter()
-    bar = tqdm(total=sum(e["count"] for e in entries), unit="img", desc="verify", disable=not progress)
-    if workers == 1:
-        results = map(verify_shard, tasks)
-        pool = None
-    else:
-        pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap(verify_shard, tasks)
-    try:
-        for (found, ids), entry in zip(results, entries, strict=True):
-            problems.extend(found)
-            seen.update(ids)
-            bar.update(entry["count"])
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    for image_id, n in sorted(seen.items()):
-        if n > 1:
-            problems.append(f"id {image_id}: appears in {n} records")
-    failed_ids = {f["id"] for f in manifest["failed_images"]}
-    for image_id in sorted(failed_ids & set(seen)):
-        problems.append(f"id {image_id}: listed as failed in manifest.json but present in a shard")
-    return problems
+    if not (out / mf.MANIFEST).exists() and ((out / PARTS_JSON).is_file() or find_part_folders(out)):
+        return verify_parts(out, workers=workers, progress=progress)
+    manifest, problems = read_manifest(out)
+    if manifest is None:
+        return problems
+    problems, seen = check_folder(out, manifest, workers=workers, progress=progress)
+    return problems + id_problems(seen, {f["id"] for f in manifest["failed_images"]})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", help="shard folder written by `tfrec-builder write` (or `merge`)")
+    parser.add_argument("dir", help="shard folder written by `tfrec-builder write` (or `merge`), one part of a split "
+                                    "build, or the folder holding all its parts (checked together)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPU cores)")
     parser.add_argument("--show", type=int, default=50, help="list at most this many problems")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -180,15 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     problems = verify_dataset(args.dir, workers=args.workers, progress=not args.no_progress)
-    manifest_path = Path(args.dir) / mf.MANIFEST
     if problems:
         for line in problems[:args.show]:
             print(line)
         more = len(problems) - args.show
         print(f"{args.dir}: {len(problems)} problem(s){f' ({more} not shown)' if more > 0 else ''}")
         return 1
+    manifest_path = Path(args.dir) / mf.MANIFEST
+    if not manifest_path.exists():
+        print(f"{args.dir}: OK — {parts_summary(Path(args.dir))}")
+        return 0
     m = mf.read_json(manifest_path)
-    print(f"{args.dir}: OK — {len(m['shards'])} shards, {m['written']['train']} train + "
+    part = f"part {m['parts']['part']} of {m['parts']['count']}: " if "parts" in m else ""
+    print(f"{args.dir}: OK — {part}{len(m['shards'])} shards, {m['written']['train']} train + "
           f"{m['written']['validation']} validation records decode and match manifest.json "
           f"(input {m['input']} = written + removed {m['removed']} + failed {m['failed']})")
     return 0

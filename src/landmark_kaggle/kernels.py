@@ -1,24 +1,21 @@
-"""Kaggle kernels and datasets from this checkout: ``kernels bundle``, ``kernels push NAME``, ``kernels datasets``.
+"""Kaggle kernels and datasets from this checkout: the bundles the kernels attach, and the rendered kernels.
 
 ``bundle`` builds the package wheel (``pip wheel --no-deps``) into one dataset
 folder and copies a model folder (and, if given, the retrieval index and the
 non-landmark index) into others, each with its ``dataset-metadata.json``, so the offline submission
 kernel can ``pip install --no-index`` the package and find the model.
 
-``push NAME`` (submission | train | build) renders the kernel's metadata
-template with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``,
-else the ``username`` in the kaggle config file; the key is never read into
-anything we write), checks it against the rules the kaggle client enforces in
-``kernels_push`` plus our own (internet stated explicitly, no placeholder
-left), and runs the real ``kaggle kernels push -p``.
-
-``datasets`` uploads the bundle folders with ``kaggle datasets create``
-(``--new``) or ``kaggle datasets version``.
+``render_kernel`` fills a kernel's metadata template (submission | train |
+build) with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``, else
+the ``username`` in the kaggle config file; the key is never read into
+anything we write), pastes ``kernels/prelude.py`` into its launcher and checks
+the metadata against the rules the kaggle client enforces in ``kernels_push``
+plus our own (internet stated explicitly, no placeholder left).
+``kernelcli`` runs the real kaggle client over them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -52,7 +49,8 @@ DATASET_TITLES = {
     INDEX_DATASET: "landmark-kaggle retrieval index",
     DISTRACTOR_DATASET: "landmark-kaggle non-landmark index",
 }
-MODEL_FILES = ("model.keras", "config.json", "label_map.csv")
+# The model folder's contract (model.MODEL_FOLDER_FILES; this module does not import TensorFlow).
+MODEL_FILES = ("model.weights.h5", "config.json", "label_map.csv")
 # Values the kaggle client accepts (kaggle_api_extended.KaggleApi.valid_push_*).
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
@@ -257,8 +255,12 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
-                  accelerator: str | None = None) -> Path:
-    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``."""
+                  accelerator: str | None = None, continue_last: bool = False) -> Path:
+    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
+
+    ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
+    version's) through ``kernel_sources``: the train kernel resumes from it.
+    """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
     template = repo / KERNEL_TEMPLATES[name]
@@ -279,72 +281,23 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
     meta["code_file"] = code.name
     if accelerator:
         meta["machine_shape"] = accelerator
+    if continue_last:
+        if name != "train":
+            raise KernelError(f"--continue is for the train kernel (its next version resumes the last), not {name}")
+        meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
     validate_kernel_metadata(meta, out, where=str(template))
     _write_json(out / "kernel-metadata.json", meta)
     return out
 
 
-def kaggle_command() -> list[str]:
-    exe = Path(sys.executable).with_name("kaggle")
-    return [str(exe)] if exe.exists() else ["kaggle"]
-
-
-def run_kaggle(args: list[str]) -> str:
-    """Run the real kaggle client; its errors become one clear line."""
-    proc = subprocess.run(kaggle_command() + args, capture_output=True, text=True)
-    out = (proc.stdout + proc.stderr).strip()
-    # The client prints some failures ("Kernel push error: ...") and still exits 0.
-    if proc.returncode != 0 or " error:" in proc.stdout.lower() or proc.stdout.lower().startswith("error"):
-        raise KernelError(f"`kaggle {' '.join(args)}` failed: {out.splitlines()[-1] if out else proc.returncode}")
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    b = sub.add_parser("bundle", help="build the wheel dataset folder and pack the model (and index) folders")
-    b.add_argument("--model", help="model folder (model.keras, config.json, label_map.csv)")
-    b.add_argument("--index", help="retrieval index folder from embed-index --data")
-    b.add_argument("--distractors", help="non-landmark index folder from embed-index --images")
-    b.add_argument("--out", default="bundles", help="where the dataset folders go (default: bundles)")
-    b.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
-    p = sub.add_parser("push", help="render a kernel's metadata for your user, check it, run `kaggle kernels push`")
-    p.add_argument("name", choices=sorted(KERNEL_TEMPLATES))
-    p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
-    p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
-    p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
-    p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
-    d = sub.add_parser("datasets", help="upload the bundle folders with `kaggle datasets create/version`")
-    d.add_argument("--out", default="bundles", help="the folder `kernels bundle` wrote")
-    d.add_argument("--new", action="store_true", help="first upload: `datasets create` instead of `version`")
-    d.add_argument("--message", default="landmark-kaggle update", help="version notes")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "bundle":
-        folders = bundle(args.out, kaggle_username(args.user), args.model, args.index, args.distractors)
-        for slug, folder in folders.items():
-            print(f"{slug}: {folder} ({sum(1 for p in folder.iterdir() if p.is_file())} files)")
-        print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")
-        return 0
-    if args.action == "push":
-        folder = render_kernel(args.name, kaggle_username(args.user), Path(args.out) / args.name,
-                               accelerator=args.accelerator)
-        if args.dry_run:
-            print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
-            return 0
-        push = ["kernels", "push", "-p", str(folder)]
-        if args.accelerator:
-            push += ["--accelerator", args.accelerator]
-        print(run_kaggle(push))
-        return 0
-    out = Path(args.out)
-    found = [out / slug for slug in DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
-    if not found:
-        raise KernelError(f"no bundle folders in {out}; run `landmark-kaggle kernels bundle` first")
-    for folder in found:
-        scan_for_credentials(folder)
-        cmd = (["datasets", "create", "-p", str(folder)] if args.new
-               else ["datasets", "version", "-p", str(folder), "-m", args.message])
-        print(run_kaggle(cmd))
-    print(f"uploaded {len(found)} datasets")
-    return 0
+def kernel_ref(name: str, user: str, repo: Path = REPO_ROOT) -> str:
+    """``owner/slug`` of kernel NAME (its template's id for ``user``); an ``owner/slug`` passes through."""
+    if "/" in name:
+        bits = name.split("/")
+        if len(bits) != 2 or not all(bits):
+            raise KernelError(f"kernel {name!r} must be one of {', '.join(KERNEL_TEMPLATES)} or 'owner/kernel-slug'")
+        return name
+    if name not in KERNEL_TEMPLATES:
+        raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)} or give owner/slug")
+    meta = json.loads((repo / KERNEL_TEMPLATES[name]).read_text(encoding="utf-8"))
+    return _render(meta["id"], user)
