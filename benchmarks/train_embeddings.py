@@ -24,9 +24,9 @@ trainer's own ``make_trainer``. Two measurements in one run:
     python benchmarks/train_embeddings.py [--steps 4] [--batches 1024] [--sweep] [--q-classes 4000]
 
 ``--sweep`` also times Partial FC at other batch sizes and sample rates.
-Only the timed batches' vectors are drawn (a step does not depend on N). A
-training step holds ~80-100 bytes per logit: the full softmax at batch 1024
-(83M logits) peaks near 8 GB, so at 2048 it needs ~16 GB and at 4096 ~30 GB.
+Only the timed batches' vectors are drawn (a step does not depend on N). Peak
+RSS measured for a whole run: 7.8 GB with the full softmax at batches 1024 and
+2048, 10.9 GB with it at 4096 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed training steps per setting (after 2 traced)")
     ap.add_argument("--val-steps", type=int, default=3, help="timed validation batches")
     ap.add_argument("--batches", type=int, nargs="+", default=[1024],
-                    help="batches at which the full softmax and Partial FC are both timed (full at 2048 needs "
-                         "~16 GB)")
+                    help="batches at which the full softmax and Partial FC are both timed (full at 4096: "
+                         "10.9 GB peak)")
     ap.add_argument("--sweep", action="store_true", help="also time Partial FC at other batch sizes and rates")
     ap.add_argument("--q-classes", type=int, default=4000)
     ap.add_argument("--q-epochs", type=int, default=8)
