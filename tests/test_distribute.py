@@ -186,15 +186,16 @@ WORKER = textwrap.dedent("""
 MW = ["runtime.strategy=multiworker", "train.epochs=1", "train.steps_per_epoch=3", "session.checkpoint_every_steps=2"]
 
 
-def _replicas_by_hand(shards, cfg, steps, replicas=2):
+def _replicas_by_hand(shards, cfg, steps, replicas=2, sync_at=()):
     """What ``replicas`` replicas must compute on the trainer's first ``steps`` global batches of 8, written out
     here in one process.
 
     Each replica takes its slice of the global batch (with two: the first 4 images, the last 4), normalises it
-    with its own batch statistics and updates its own BatchNorm moving statistics (Keras 3 creates them with
-    aggregation "none": they are never all-reduced); the gradients of the slices' mean losses, each scaled by
-    1/replicas, are summed (the all-reduce) and AdamW applies them once. ``replicas=1`` is plain training on
-    the whole batch. Returns the starting weights and the weights with each replica's moving statistics.
+    with its own batch statistics and updates its own copy of BatchNorm's moving statistics (Keras 3 does not
+    aggregate them); the gradients of the slices' mean losses, each scaled by 1/replicas, are summed (the
+    all-reduce) and AdamW applies them once. After each global step in ``sync_at`` every copy of the moving
+    statistics becomes the mean of the copies (``Runtime.sync``: the trainer's checkpoints and epoch ends).
+    ``replicas=1`` is plain training on the whole batch. Returns the starting weights and each replica's.
     """
     import tensorflow as tf
 
@@ -211,7 +212,7 @@ def _replicas_by_hand(shards, cfg, steps, replicas=2):
     per = 8 // replicas
     # The trainer's stream for epoch 1 (train.py seeds each epoch's stream with seed * 100_003 + epoch).
     batches = build_dataset(str(shards), "train", cfg.data, 8, training=True, seed=cfg.train.seed * 100_003)
-    for images, labels in batches.take(steps):
+    for step, (images, labels) in enumerate(batches.take(steps), start=1):
         total = None
         for r in range(replicas):
             part = slice(r * per, (r + 1) * per)
@@ -223,6 +224,8 @@ def _replicas_by_hand(shards, cfg, steps, replicas=2):
             stats[r] = [v.numpy() for v in moving]
             total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
         model.optimizer.apply_gradients(zip(total, model.trainable_variables, strict=True))
+        if step in sync_at:
+            stats = [[np.mean(copies, axis=0) for copies in zip(*stats, strict=True)]] * replicas
     weights = {v.path: v.numpy() for v in model.variables}
     return init, [{**weights, **{v.path: value for v, value in zip(moving, stats[r], strict=True)}}
                   for r in range(replicas)]
@@ -241,10 +244,11 @@ def _free_ports(n):
 @pytest.mark.slow
 def test_two_workers_train_the_weights_two_replicas_must_on_the_same_global_batches(shards, tmp_path):
     """Two MultiWorkerMirroredStrategy workers (TF_CONFIG on 127.0.0.1), the backbone trainable, against the
-    same 3 steps computed by hand in this one process: every variable is compared, BatchNorm's too.
+    same 3 global batches of 8 computed by hand in this one process: every variable is compared, BatchNorm's
+    moving statistics too.
 
     Two workers that did not exchange gradients would each follow their own half-batches (and differ from
-    each other), or each train on whole batches (and BatchNorm would see 8 images, not 4): neither passes.
+    each other); training on whole batches (BatchNorm over 8 images, not 4) is computed too and must not match.
     """
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     scripts, envs = [], []
@@ -261,7 +265,8 @@ def test_two_workers_train_the_weights_two_replicas_must_on_the_same_global_batc
     assert not (tmp_path / "other").exists()
 
     cfg = config_from_dict({}, [*SMALL, *MW])
-    init, by_hand = _replicas_by_hand(shards, cfg, steps=3)
+    # The trainer syncs the moving statistics at its checkpoint (step 2 of 3) and at the end of the epoch.
+    init, (by_hand, _) = _replicas_by_hand(shards, cfg, steps=3, sync_at=(2, 3))
     _, (whole,) = _replicas_by_hand(shards, cfg, steps=3, replicas=1)
     trainable = [k for k in init if "moving_" not in k]
     moving = [k for k in init if "moving_" in k]
@@ -269,23 +274,19 @@ def test_two_workers_train_the_weights_two_replicas_must_on_the_same_global_batc
     for role in ("chief", "other"):
         with np.load(tmp_path / f"weights_{role}.npz") as z:
             workers.append({k: z[k] for k in z.files})
-    # All-reduced gradients, one update: the workers' trainable weights are the same numbers.
-    assert all(np.array_equal(workers[0][k], workers[1][k]) for k in trainable)
-    for got, want in zip(workers, by_hand, strict=True):  # the chief is worker 0, replica 0
-        assert got.keys() == want.keys()
-        gaps = [_relative_gap(got, x, init, keys) for x in (want, whole) for keys in (trainable, moving)]
-        print(f"worker vs replica by hand: {gaps[0]:.3g} (trainable), {gaps[1]:.3g} (moving statistics); "
-              f"vs whole batches on one device: {gaps[2]:.3g}, {gaps[3]:.3g}")
-        # Off by at most 5% of how far the weights moved. The same steps on inputs changed by 2e-7 (float
-        # rounding) land 0.016 away by this measure: AdamW's first steps are ~lr * sign(gradient), so a
-        # gradient component near zero may flip.
-        assert gaps[0] < 0.05
-        # Each worker's own statistics (measured 2e-4 off); the two replicas' differ by 0.22 of their movement.
-        assert gaps[1] < 0.01
-        # Whole batches on one device (BatchNorm over 8 images, not 4) land far away: the test can tell.
-        assert gaps[2] > 0.5
-    assert _relative_gap(by_hand[0], by_hand[1], init, moving) > 0.1
-    moved = max(float(np.abs(by_hand[0][k] - init[k]).max()) for k in trainable)
+    # All-reduced gradients and all-reduced statistics: the two workers hold the same numbers.
+    assert workers[0].keys() == workers[1].keys() == by_hand.keys()
+    assert all(np.array_equal(workers[0][k], workers[1][k]) for k in by_hand)
+    gaps = [_relative_gap(workers[0], x, init, keys) for x in (by_hand, whole) for keys in (trainable, moving)]
+    print(f"workers vs two replicas by hand: {gaps[0]:.3g} (trainable), {gaps[1]:.3g} (moving statistics); "
+          f"vs whole batches on one device: {gaps[2]:.3g}, {gaps[3]:.3g}")
+    # The gap as a share of how far the weights moved from the start. Float round-off (another summation
+    # order in the all-reduce and the convolutions) is all that may differ; AdamW's first steps divide
+    # by sqrt(v) + epsilon, which magnifies it where a gradient is near zero, hence 1% and not 1e-6.
+    assert gaps[0] < 0.01 and gaps[1] < 0.01
+    # Whole batches on one device (BatchNorm over 8 images, not 4) land far away: the test can tell.
+    assert gaps[2] > 0.3
+    moved = max(float(np.abs(by_hand[k] - init[k]).max()) for k in trainable)
     assert moved > 2e-3  # ~lr per step: not a trivial match
 
 
