@@ -8,9 +8,13 @@ depth up to five under the input root, so every layout Kaggle mounts works
 Models' `/kaggle/input/<model>/<framework>/<variation>/<version>/`). Kaggle's
 image keeps its own TensorFlow, Keras and numpy: the wheel goes in with
 `--no-deps` into a private folder, and the package runs on their versions.
+LANDMARK_KAGGLE_ARGS, when set, is appended to the kernel's command (split like
+a shell line): the way to rehearse a kernel on your own machine with other
+settings, e.g. `--set runtime.devices=cpu:8 --set data.image_size=64`.
 """
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -49,8 +53,9 @@ def install_package() -> None:
 
 
 def run(module: str, *args: str) -> int:
-    """Run ``python -m module args`` with the installed package; returns its exit status."""
+    """Run ``python -m module args`` (plus LANDMARK_KAGGLE_ARGS) with the installed package; returns its exit status."""
     if not _ENV:
         install_package()
+    args = (*args, *shlex.split(os.environ.get("LANDMARK_KAGGLE_ARGS", "")))
     print(f"landmark-kaggle: python -m {module} {' '.join(args)}", flush=True)
     return subprocess.run([sys.executable, "-m", module, *args], env=_ENV).returncode

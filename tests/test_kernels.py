@@ -30,11 +30,21 @@ def test_submission_metadata_is_the_offline_competition_kernel():
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
     assert meta["competition_sources"] == [COMPETITION]
     assert {s.split("/")[1] for s in meta["dataset_sources"]} >= {kernels.WHEEL_DATASET, kernels.MODEL_DATASET}
-    for name in ("train", "build"):
+    for name in ("train", "build-embed", "build-write"):
         sub = json.loads((REPO / kernels.KERNEL_TEMPLATES[name]).read_text())
         assert "enable_internet" in sub
         assert (REPO / kernels.KERNEL_TEMPLATES[name]).parent.joinpath(sub["code_file"]).is_file()
     assert json.loads((REPO / kernels.KERNEL_TEMPLATES["train"]).read_text())["enable_tpu"] is True
+    embed = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-embed"]).read_text())
+    assert embed["enable_gpu"] is True and embed["enable_internet"] is True
+    write = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-write"]).read_text())
+    assert write["enable_gpu"] is False and write["enable_internet"] is False
+    # build-write's part 1 is what `push build-write --part k` rewrites.
+    from landmark_kaggle.kernels_build import WRITE_SLUG, WRITE_TITLE
+
+    assert write["id"] == f"{kernels.PLACEHOLDER}/{WRITE_SLUG.format(k=1)}"
+    assert write["title"] == WRITE_TITLE.format(k=1)
+    assert write["kernel_sources"] == [embed["id"]]
 
 
 @pytest.mark.slow
@@ -67,24 +77,3 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     result = score_json(world["root"] / "solution.csv", sub_path)
     assert 0.0 <= result["gap"] <= 1.0 and result["n_images"] == len(ids)
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
-
-
-@pytest.mark.slow
-def test_build_kernel_writes_shards_from_the_competition_folder(world, tmp_path):
-    from landmark_kaggle.records import list_shards
-
-    inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
-    shutil.copytree(world["root"], inp / COMPETITION)
-    kernels.build_wheel(inp / kernels.WHEEL_DATASET)
-    working.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    script = kernels.render_kernel("build", "alice", tmp_path / "rendered") / "build.py"
-    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((working / "tfrec" / "manifest.json").read_text())
-    train = pd.read_csv(inp / COMPETITION / "train.csv")
-    assert list_shards(str(working / "tfrec"), "train")
-    assert manifest["input"] == len(train)
-    assert sum(manifest["written"].values()) + manifest["removed"] + manifest["failed"] == len(train)

@@ -5,7 +5,7 @@ folder and copies a model folder (and, if given, the retrieval index and the
 non-landmark index) into others, each with its ``dataset-metadata.json``, so the offline submission
 kernel can ``pip install --no-index`` the package and find the model.
 
-``push NAME`` (submission | train | build) renders the kernel's metadata
+``push NAME`` (submission | train | build-embed | build-write) renders the kernel's metadata
 template with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``,
 else the ``username`` in the kaggle config file; the key is never read into
 anything we write), checks it against the rules the kaggle client enforces in
@@ -29,6 +29,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from landmark_kaggle import kernels_build
 from landmark_kaggle.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,8 @@ PRELUDE_IMPORT = re.compile(r"^from prelude import [^\n]*$", re.MULTILINE)
 KERNEL_TEMPLATES = {
     "submission": "kernel-metadata.json",
     "train": "kernels/train/kernel-metadata.json",
-    "build": "kernels/build/kernel-metadata.json",
+    "build-embed": "kernels/build-embed/kernel-metadata.json",
+    "build-write": "kernels/build-write/kernel-metadata.json",
 }
 WHEEL_DATASET = "landmark-kaggle-wheel"
 MODEL_DATASET = "landmark-kaggle-model"
@@ -257,8 +259,13 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
-                  accelerator: str | None = None) -> Path:
-    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``."""
+                  accelerator: str | None = None, continue_last: bool = False) -> Path:
+    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
+
+    ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
+    version's) through ``kernel_sources``: the next version continues from it
+    (the train kernel from its checkpoint, build-embed from its store).
+    """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
     template = repo / KERNEL_TEMPLATES[name]
@@ -274,11 +281,14 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
         raise KernelError(f"{template}: code_file {meta.get('code_file')!r} not found")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / code.name).write_text(render_code(code, repo), encoding="utf-8")
+    # The user goes into the code too where a launcher names one (a dataset id it writes).
+    (out / code.name).write_text(render_code(code, repo).replace(PLACEHOLDER, user), encoding="utf-8")
     meta = {k: _render(v, user) for k, v in meta.items()}
     meta["code_file"] = code.name
     if accelerator:
         meta["machine_shape"] = accelerator
+    if continue_last:
+        meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
     validate_kernel_metadata(meta, out, where=str(template))
     _write_json(out / "kernel-metadata.json", meta)
     return out
@@ -311,12 +321,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(KERNEL_TEMPLATES))
     p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
     p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
+    p.add_argument("--continue", dest="continue_last", action="store_true",
+                   help="attach this kernel's last version's output, so the new version continues from it")
+    kernels_build.add_push_arguments(p)
     p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
     p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
     d = sub.add_parser("datasets", help="upload the bundle folders with `kaggle datasets create/version`")
     d.add_argument("--out", default="bundles", help="the folder `kernels bundle` wrote")
     d.add_argument("--new", action="store_true", help="first upload: `datasets create` instead of `version`")
     d.add_argument("--message", default="landmark-kaggle update", help="version notes")
+    kernels_build.add_datasets_arguments(d)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -327,8 +341,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")
         return 0
     if args.action == "push":
-        folder = render_kernel(args.name, kaggle_username(args.user), Path(args.out) / args.name,
-                               accelerator=args.accelerator)
+        user = kaggle_username(args.user)
+        folder = render_kernel(args.name, user, Path(args.out) / args.name, accelerator=args.accelerator,
+                               continue_last=args.continue_last)
+        if args.part is not None or args.shards is not None or args.kernel_args:
+            kernels_build.adjust_rendered(folder, args, user)
+            validate_kernel_metadata(json.loads((folder / "kernel-metadata.json").read_text(encoding="utf-8")),
+                                     folder, where=str(folder / "kernel-metadata.json"))
         if args.dry_run:
             print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
             return 0
@@ -339,6 +358,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     found = [out / slug for slug in DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
+    if args.parts:
+        found = kernels_build.part_folders(args.parts)
     if not found:
         raise KernelError(f"no bundle folders in {out}; run `landmark-kaggle kernels bundle` first")
     for folder in found:
