@@ -42,7 +42,10 @@ EXTRAS_REQUIRE = {
         "ninja",
         "wheel",
     ],
-    "dev": ["pytest==9.2.0", "ruff==0.17.6"],
+    # Keras 3's JAX backend (train --backend jax, the JAX tests); on a TPU VM use jax[tpu] instead.
+    # 0.10.2: the newest CPU wheel for Python 3.11 that installs beside TensorFlow 2.21's ml_dtypes.
+    "jax": ["jax==0.10.2", "jaxlib==0.10.2"],
+    "dev": ["pytest==9.2.0", "ruff==0.17.6", "jax==0.10.2", "jaxlib==0.10.2"],
 }
 
 setup(
@@ -51,7 +54,7 @@ setup(
     description="Google Landmark Recognition (GLDv2) from raw images to a GAP-scored submission.csv",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.13",
+    python_requires=">=3.11,<3.14",
     package_dir={"": "src", "tfrec_builder": "tfrec_builder"},
     packages=find_packages("src") + ["tfrec_builder"],
     install_requires=INSTALL_REQUIRES,

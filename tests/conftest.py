@@ -1,7 +1,8 @@
 """Shared pytest setup: quiet TensorFlow, keep Keras on the CPU, and the session fixtures several files use.
 
-Each fixture builds once per test session under pytest's base temp; the
-builders live in ``helpers.py`` (benchmarks use them too).
+Each data fixture builds once per test session under pytest's base temp; the
+builders live in ``helpers.py`` (benchmarks use them too). ``kaggle_server`` and
+``kaggle_env`` put a recording Kaggle API (``kaggle_server.py``) behind the real client.
 """
 
 import os
@@ -9,8 +10,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import kaggle_server as kaggle_api  # noqa: E402
 import pytest  # noqa: E402
-from helpers import REALDATA, inference_world, make_shards, real_folder  # noqa: E402
+from helpers import REALDATA, ensemble_world, inference_world, make_shards, real_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +49,32 @@ def real_photos(tmp_path_factory, realdata):
 def world(tmp_path_factory):
     """Sample, shards, a tiny trained model and its retrieval indexes (``helpers.inference_world``)."""
     return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
+
+
+@pytest.fixture(scope="session")
+def ensemble(tmp_path_factory, world):
+    """A second tiny model (40 px) and the two models' indexes, with B (``helpers.ensemble_world``)."""
+    return ensemble_world(tmp_path_factory.getbasetemp() / "ensemble_world", world)
+
+
+@pytest.fixture
+def kaggle_server():
+    """A fresh recording Kaggle API on 127.0.0.1: (its world, the list of requests it saw)."""
+    world = kaggle_api.Kaggle()
+    server = kaggle_api.start(world)
+    yield world, world.requests
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def kaggle_env(tmp_path, kaggle_server):
+    """Environment for the real kaggle client (and our CLI) that sends every request to ``kaggle_server``."""
+    world, _ = kaggle_server
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("KAGGLE_", "NO_PROXY", "HTTP"))}
+    proxy = f"http://127.0.0.1:{world.port}"
+    env.update(KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY=proxy, http_proxy=proxy,
+               KAGGLE_USERNAME="alice", KAGGLE_KEY=kaggle_api.SECRET, KAGGLE_CONFIG_DIR=str(tmp_path / "kcfg"),
+               HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    return env

@@ -141,8 +141,9 @@ def distractor_folder(out: Path, n: int = 24, seed: int = 5) -> Path:
     return out
 
 
-def train_tiny_model(root: Path, out: Path, epochs: int = 12) -> Path:
-    """EfficientNetV2-B0 at 32 px fitted on every training image of a GLDv2 folder, saved as a model folder."""
+def train_tiny_model(root: Path, out: Path, epochs: int = 12, image_size: int = 32) -> Path:
+    """EfficientNetV2-B0 at ``image_size`` px fitted on every training image of a GLDv2 folder, saved as a
+    model folder."""
     import tensorflow as tf
 
     from landmark_kaggle.config import config_from_dict
@@ -152,7 +153,7 @@ def train_tiny_model(root: Path, out: Path, epochs: int = 12) -> Path:
     from landmark_kaggle.pipeline import decode_image, eval_transform
 
     index = load_train_index(root)
-    cfg = config_from_dict({"data": {"image_size": 32},
+    cfg = config_from_dict({"data": {"image_size": image_size},
                             "model": {"backbone": "EfficientNetV2B0", "embedding_dim": 32, "dropout": 0.0},
                             "train": {"epochs": epochs}, "optim": {"learning_rate": 3e-3, "warmup_epochs": 0},
                             "inference": {"batch_size": 16, "topk_neighbours": 3}})
@@ -175,7 +176,8 @@ def inference_world(base: Path) -> dict:
     from landmark_kaggle.sample import make_sample
 
     world = {"root": base / "sample", "tfrec": base / "tfrec", "model": base / "model",
-             "index": base / "index", "distractors": base / "distractors"}
+             "index": base / "index", "distractors": base / "distractors",
+             "distractor_images": base / "distractor_images"}
     if (base / "done").is_file():
         return world
     if base.exists():
@@ -190,6 +192,27 @@ def inference_world(base: Path) -> dict:
     return world
 
 
+def ensemble_world(base: Path, world: dict) -> dict:
+    """A second tiny model beside the world's (another seed, 40 px, fewer epochs) and the pair's indexes:
+    the non-landmark views, and the training shards with B against them (``embed-index --nonlandmarks``)."""
+    import keras
+
+    from landmark_kaggle.embed_index import build_index
+
+    out = {"model_b": base / "model_b", "index": base / "index", "distractors": base / "distractors"}
+    if (base / "done").is_file():
+        return out
+    if base.exists():
+        shutil.rmtree(base)
+    keras.utils.set_random_seed(1)
+    train_tiny_model(world["root"], out["model_b"], epochs=8, image_size=40)
+    pair = [world["model"], out["model_b"]]
+    build_index(pair, out["distractors"], images=str(world["distractor_images"]))
+    build_index(pair, out["index"], data=str(world["tfrec"]), nonlandmarks=out["distractors"])
+    (base / "done").write_text("ok")
+    return out
+
+
 def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     """``landmark-kaggle ARGS`` in a subprocess (the way a user runs it), output captured."""
     return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env,
@@ -200,3 +223,68 @@ def score_json(solution, submission) -> dict:
     proc = run_cli("score", "--solution", solution, "--submission", submission, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+# -- Kaggle input trees: what Kaggle mounts under /kaggle/input, in each layout it has been seen to use --------------
+
+LAYOUTS = ("classic", "new", "models")
+
+
+def input_path(root: Path, layout: str, kind: str, slug: str) -> Path:
+    """Where Kaggle mounts source ``slug`` of ``kind`` (competition | dataset | model) in ``layout``.
+
+    classic: ``<slug>/`` for everything; new: ``competitions/<slug>/`` and ``datasets/<owner>/<slug>/``;
+    models: as new, but a model is a Kaggle Model, ``<model>/<framework>/<variation>/<version>/``.
+    """
+    if layout == "classic":
+        return root / slug
+    if kind == "competition":
+        return root / "competitions" / slug
+    if kind == "model" and layout == "models":
+        return root / slug / "keras" / "default" / "1"
+    return root / "datasets" / "alice" / slug
+
+
+def kaggle_input_tree(root: Path, layout: str, sources: dict[str, tuple[str, Path]]) -> dict[str, Path]:
+    """Copy each source folder (name -> (kind, folder)) to where ``layout`` mounts it; returns name -> new place."""
+    placed = {}
+    for name, (kind, folder) in sources.items():
+        dest = input_path(root, layout, kind, name)
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("dataset-metadata.json"))
+        placed[name] = dest
+    return placed
+
+
+def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
+    """A test-only competition folder: the images under random ids as ``test/a/b/c/<id>.jpg`` + sample_submission."""
+    from landmark_kaggle.gld import image_path
+
+    rng = np.random.default_rng(seed)
+    ids = []
+    for src in images:
+        image_id = "".join(rng.choice(list("0123456789abcdef"), 16))
+        dst = image_path(out, "test", image_id)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        ids.append(image_id)
+    pd.DataFrame({"id": sorted(ids), "landmarks": ""}).to_csv(out / "sample_submission.csv", index=False)
+    return out
+
+
+# -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def standin_python(kind: str) -> Path:
+    """The python of ``.venv-kaggle-{kind}`` (gpu | tpu); missing or built from an older requirements file is a
+    failure, not a skip (README command (b) builds both before pytest)."""
+    import hashlib
+
+    venv, requirements = REPO / f".venv-kaggle-{kind}", REPO / "envs" / f"kaggle-{kind}.txt"
+    python, stamp = venv / "bin" / "python", venv / ".requirements.sha256"
+    assert python.is_file(), f"no {python}: build the stand-in with `bash envs/setup.sh {kind}` (README command (b))"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    assert stamp.is_file() and stamp.read_text().strip() == want, \
+        f"{venv} was built from another {requirements.name}: rerun `bash envs/setup.sh {kind}`"
+    return python

@@ -64,7 +64,7 @@ def render(tmp: Path, name: str, *extra: str) -> Path:
     proc = subprocess.run(CLI + ["kernels", "push", name, "--user", "alice", "--dry-run", "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    folder = out / name
+    folder = Path(proc.stdout.split("rendered ", 1)[1].split(" (not pushed)")[0]).parent
     return folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
 
 
@@ -213,8 +213,8 @@ def test_write_kernels_make_one_valid_part_each(tree, embedded, written):
     for k in range(1, count + 1):
         out = written["outs"][k]
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert f"write --kaggle: part {k} of {count}" in out.stdout
-        assert f"outliers: {written['embed_out'] / 'clean' / 'outliers.csv'}" in out.stdout
+        assert f"part {k}/{count}: wrote " in out.stdout
+        assert f"--outliers {written['embed_out'] / 'clean' / 'outliers.csv'} --out tfrec --part {k} " in out.stdout
         tfrec = base / f"w{k}" / "tfrec"
         folder = tfrec / f"gldv2-tfrec-512-part-{k}"
         # Only this part in this kernel's output, with the build's one table.
@@ -234,12 +234,14 @@ def test_write_kernels_make_one_valid_part_each(tree, embedded, written):
 
 
 @pytest.mark.slow
-def test_train_finds_every_part_by_content_and_reads_all_of_them(tree, written, tmp_path):
+def test_the_train_kernel_finds_every_part_by_content_and_reads_all_of_them(tree, written):
     import tensorflow as tf
 
     from landmark_kaggle import records
 
-    found = find_inputs(written["train_inp"]).every("shards")
+    inp = written["train_inp"]
+    shutil.copytree(tree["input"] / kernels.WHEEL_DATASET, inp / kernels.WHEEL_DATASET)
+    found = find_inputs(inp).every("shards")
     assert len(found) == written["count"]
     ids = []
     for split in records.SPLITS:
@@ -248,57 +250,21 @@ def test_train_finds_every_part_by_content_and_reads_all_of_them(tree, written, 
     train = pd.read_csv(tree["comp"] / "train.csv", dtype={"id": str})
     outliers = set(pd.read_csv(written["embed_out"] / "clean" / "outliers.csv", dtype={"id": str})["id"])
     assert sorted(ids) == sorted(set(train["id"]) - outliers)
+    # The train kernel itself, from the wheel, rehearsed on the CPU (LANDMARK_KAGGLE_ARGS wins over its settings).
+    settings = ["runtime.strategy=cpu", "runtime.precision=float32", "model.weights=none",
+                "model.backbone=MobileNetV3Small", "data.image_size=32", "train.epochs=1", "train.batch_size=8"]
     started = time.time()
-    proc = subprocess.run(CLI + ["train", "--data", *map(str, found), "--out", str(tmp_path / "model"),
-                                 "--set", "model.backbone=MobileNetV3Small", "--set", "data.image_size=32",
-                                 "--set", "train.epochs=1", "--set", "train.batch_size=8",
-                                 "--set", "runtime.strategy=cpu", "--set", "runtime.precision=float32"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    history = pd.read_csv(tmp_path / "model" / "history.csv")
-    # One epoch is every training record once over: steps = records // batch.
+    working = tree["base"] / "train-working"
+    proc = run_kernel(render(tree["base"], "train", "--shards", str(written["count"])), inp, working,
+                      " ".join(f"--set {x}" for x in settings))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"train --kaggle: shards {', '.join(map(str, found))};" in proc.stdout
+    saved = json.loads((working / "model" / "config.json").read_text())
+    # One epoch is every training record of every part once over: steps = records // batch.
     n_train = sum(json.loads((d / "manifest.json").read_text())["written"]["train"] for d in found)
-    assert int(history["steps"].iloc[-1]) == n_train // 8
-    assert (tmp_path / "model" / "label_map.csv").read_bytes() == (found[0] / "label_map.csv").read_bytes()
-    print(f"\ntrain on {len(found)} parts: {time.time() - started:.0f} s")
-
-
-def test_find_inputs_classifies_folders_by_what_they_hold(tmp_path):
-    inp = tmp_path / "input"
-    comp = inp / "competitions" / paths.COMPETITION
-    (comp / "test").mkdir(parents=True)
-    (comp / "sample_submission.csv").write_text("id,landmarks\n")
-    # Inside GLDv2's image tree nothing is looked at (it holds millions of files on Kaggle).
-    (comp / "train" / "a" / "b" / "c").mkdir(parents=True)
-    (comp / "train" / "a" / "b" / "c" / "label_map.csv").write_text("x")
-    (comp / "train" / "a" / "b" / "c" / "x.tfrec").write_text("x")
-    store = inp / "landmark-kaggle-build-embed" / "embeddings"
-    store.mkdir(parents=True)
-    for name in paths.STORE_MARKERS:
-        (store / name).write_text("x")
-    clean = inp / "landmark-kaggle-build-embed" / "clean"
-    clean.mkdir()
-    for name in paths.CLEAN_MARKERS:
-        (clean / name).write_text("x")
-    weights = inp / "datasets" / "alice" / "b7" / "efficientnetb7_notop.h5"
-    weights.parent.mkdir(parents=True)
-    weights.write_text("x")
-    (inp / "also-b7").symlink_to(weights.parent)  # one dataset under two names is one input
-    got = find_inputs(inp)
-    assert got.one("competition") == comp and got.one("embeddings") == store and got.one("clean") == clean
-    assert [p.resolve() for p in got["weights"]] == [weights] and got["shards"] == []
-    with pytest.raises(paths.UserError, match=r"found no TFRecord shards .* under .*input \(searched 5 folders"):
-        got.every("shards")
-    (inp / "second" / "test").mkdir(parents=True)
-    (inp / "second" / "sample_submission.csv").write_text("id,landmarks\n")
-    with pytest.raises(paths.UserError, match="found 2 candidates for the competition data") as err:
-        find_inputs(inp).one("competition")
-    assert str(comp) in str(err.value) and str(inp / "second") in str(err.value)
-    # The markers are the names the store and clean write.
-    assert paths.STORE_MARKERS == (embstore.META, embstore.IDS, embstore.MATRIX)
-    from tfrec_builder.onkaggle import CLEAN_DIR
-
-    assert CLEAN_DIR == "clean" and set(paths.CLEAN_MARKERS) == {"outliers.csv", "report.json"}
+    assert saved["global_step"] == n_train // 8
+    assert (working / "model" / "label_map.csv").read_bytes() == (found[0] / "label_map.csv").read_bytes()
+    print(f"\ntrain kernel on {len(found)} parts: {time.time() - started:.0f} s")
 
 
 def test_weights_imagenet_downloads_through_keras_or_names_the_file_to_attach(tmp_path):

@@ -151,7 +151,7 @@ def test_mirrored_over_two_logical_cpus_trains_and_matches_one_device(shards, tm
     assert res["weight_diff"] < 1e-4 and res["logit_diff"] < 1e-2
     assert res["summary"] == {"status": "complete", "replicas": 2, "global_step": 2, "strategy": "mirrored"}
     np.testing.assert_allclose(res["val"], res["plain_val"], rtol=1e-4)
-    assert (tmp_path / "model" / "model.keras").is_file()
+    assert (tmp_path / "model" / "model.weights.h5").is_file()
 
 
 WORKER = textwrap.dedent("""
@@ -191,5 +191,5 @@ def test_multiworker_with_two_local_processes_trains_an_epoch(shards, tmp_path):
     assert all(r["replicas"] == 2 and r["status"] == "complete" and r["global_step"] == 3 for r in res)
     # Both workers report the same all-reduced loss; only the chief writes the model folder.
     assert res[0]["loss"] == pytest.approx(res[1]["loss"], rel=1e-5)
-    assert (tmp_path / "out0" / "model.keras").is_file() and (tmp_path / "out0" / "history.csv").is_file()
+    assert (tmp_path / "out0" / "model.weights.h5").is_file() and (tmp_path / "out0" / "history.csv").is_file()
     assert not (tmp_path / "out1").exists()

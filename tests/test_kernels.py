@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import score_json
+from helpers import LAYOUTS, kaggle_input_tree, score_json
 
 from landmark_kaggle import kernels
+from landmark_kaggle.kaggletrain import find_shard_folders
+from landmark_kaggle.kernels_build import WRITE_SLUG, WRITE_TITLE
 from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+
+SHARDS_DATASET = "landmark-kaggle-tfrec"
+EMBED_OUTPUT = "landmark-kaggle-build-embed"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +44,7 @@ def test_submission_metadata_is_the_offline_competition_kernel():
     assert embed["enable_gpu"] is True and embed["enable_internet"] is True
     write = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-write"]).read_text())
     assert write["enable_gpu"] is False and write["enable_internet"] is False
-    # build-write's part 1 is what `push build-write --part k` rewrites.
-    from landmark_kaggle.kernels_build import WRITE_SLUG, WRITE_TITLE
-
+    # build-write's part 1 is what `push build-write --part k` rewrites; it reads build-embed's clean/.
     assert write["id"] == f"{kernels.PLACEHOLDER}/{WRITE_SLUG.format(k=1)}"
     assert write["title"] == WRITE_TITLE.format(k=1)
     assert write["kernel_sources"] == [embed["id"]]
@@ -77,3 +80,74 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     result = score_json(world["root"] / "solution.csv", sub_path)
     assert 0.0 <= result["gap"] <= 1.0 and result["n_images"] == len(ids)
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return kernels.build_wheel(tmp_path_factory.mktemp("wheel") / kernels.WHEEL_DATASET)
+
+
+def _plan(name: str, inp: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run launcher NAME as Kaggle would, with LANDMARK_KAGGLE_PLAN=1: it installs the wheel, finds its
+    inputs and prints the command it would run, without running it."""
+    working = tmp_path / f"working-{name}"
+    working.mkdir()
+    folder = kernels.render_kernel(name, "alice", tmp_path / f"rendered-{name}")
+    script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
+                "LANDMARK_KAGGLE_PLAN": "1"})
+    return subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _marker_sources(root: Path) -> dict:
+    """A competition folder, a two-part shard dataset and build-embed's output, as far as finding them goes."""
+    comp = root / "comp"
+    (comp / "test" / "0" / "1" / "2").mkdir(parents=True)
+    (comp / "sample_submission.csv").write_text("id,landmarks\n")
+    (comp / "train.csv").write_text("id,landmark_id\n")
+    for part in ("part-000", "part-001"):
+        (root / "tfrec" / part).mkdir(parents=True)
+        (root / "tfrec" / part / "label_map.csv").write_text("label,landmark_id,count\n")
+        (root / "tfrec" / part / "train-00000-of-00001.tfrec").write_bytes(b"")
+    for name in ("outliers.csv", "report.json"):
+        (root / "embed" / "clean").mkdir(parents=True, exist_ok=True)
+        (root / "embed" / "clean" / name).write_text("")
+    return {COMPETITION: ("competition", comp), SHARDS_DATASET: ("dataset", root / "tfrec"),
+            EMBED_OUTPUT: ("dataset", root / "embed")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, wheel, tmp_path):
+    inp = tmp_path / "input"
+    placed = kaggle_input_tree(inp, layout, {**_marker_sources(tmp_path / "src"),
+                                             kernels.WHEEL_DATASET: ("dataset", wheel.parent)})
+    shards = placed[SHARDS_DATASET]
+    proc = _plan("train", inp, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # `train --kaggle` finds its shards itself (tests/test_kaggletrain.py runs it), by the same finder.
+    assert "python -m landmark_kaggle.cli train --kaggle" in proc.stdout
+    assert find_shard_folders(inp) == [shards / "part-000", shards / "part-001"]
+    proc = _plan("build-write", inp, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"python -m tfrec_builder.cli write {placed[COMPETITION]} --outliers "
+            f"{placed[EMBED_OUTPUT] / 'clean' / 'outliers.csv'} --out tfrec --part 1 "
+            "--dataset-id alice/gldv2-tfrec-512") in proc.stdout
+
+
+@pytest.mark.slow
+def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, tmp_path):
+    inp = tmp_path / "input"
+    sources = _marker_sources(tmp_path / "src")
+    kaggle_input_tree(inp, "classic", {kernels.WHEEL_DATASET: ("dataset", wheel.parent)})
+    kaggle_input_tree(inp, "classic", {COMPETITION: sources[COMPETITION]})
+    proc = _plan("build-write", inp, tmp_path)
+    assert proc.returncode == 1 and "landmark-kaggle: found no the output of `tfrec-builder clean`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The competition attached in two layouts at once (an old and a new mount): which one is meant is unclear.
+    kaggle_input_tree(inp, "new", {COMPETITION: sources[COMPETITION]})
+    proc = _plan("build-write", inp, tmp_path)
+    assert proc.returncode == 1 and "found 2 candidates for the competition data" in proc.stderr
+    assert str(inp / COMPETITION) in proc.stderr and str(inp / "competitions" / COMPETITION) in proc.stderr

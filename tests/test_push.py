@@ -1,91 +1,23 @@
-"""`kernels push` and `kernels bundle` with the real kaggle client talking to a recording server on 127.0.0.1.
+"""`kernels push`, `bundle` and `datasets` with the real kaggle client talking to a recording server on 127.0.0.1.
 
-The client is pointed at our server the way its own source allows:
-``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes kagglesdk send to ``http://localhost``
-and ``HTTP_PROXY`` routes that through 127.0.0.1:PORT, so the server sees the
-absolute URL of ``POST /api/v1/kernels.KernelsApiService/SaveKernel``.
+The server (``kaggle_server.py``, fixtures ``kaggle_server`` and ``kaggle_env`` in
+conftest) answers as Kaggle's API does and records every request.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from kaggle_server import SECRET
 
-from landmark_kaggle import kernels
+from landmark_kaggle import kernelcli, kernels
 
 REPO = Path(__file__).resolve().parents[1]
-SECRET = "0123456789abcdef0123456789abcdef"  # a fake API key: must never land in a bundle
 CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        self.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers), "body": body})
-        if self.path.endswith("/GetDatasetStatus"):
-            # No such dataset yet: what `datasets create` checks for before uploading a new one.
-            self._reply(404, json.dumps({"code": 404, "message": "Not found"}).encode())
-            return
-        if self.path.endswith("/StartBlobUpload"):
-            n = len(self.requests)
-            answer = {"token": f"blob-token-{n}", "createUrl": f"http://localhost/upload/{n}"}
-        elif "DatasetApiService" in self.path:
-            answer = {"ref": "alice/dataset", "url": "http://localhost/datasets/alice/dataset", "status": "ok",
-                      "error": None}
-        elif body.get("slug", "").startswith("refused/"):
-            answer = {"ref": "", "url": "", "error": "Notebook not found or you do not own it"}
-        else:
-            slug = body.get("slug", "")
-            answer = {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}", "versionNumber": 7,
-                      "error": None}
-        self._reply(200, json.dumps(answer).encode())
-
-    def do_PUT(self):  # noqa: N802
-        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.requests.append({"method": "PUT", "path": self.path, "headers": dict(self.headers), "body": data})
-        self._reply(200, b"{}")
-
-    def _reply(self, status, reply):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def kaggle_server():
-    _Recorder.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, _Recorder.requests
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def kaggle_env(tmp_path, kaggle_server):
-    server, _ = kaggle_server
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("KAGGLE_", "NO_PROXY", "HTTP"))}
-    proxy = f"http://127.0.0.1:{server.server_address[1]}"
-    env.update(KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY=proxy, http_proxy=proxy,
-               KAGGLE_USERNAME="alice", KAGGLE_KEY=SECRET, KAGGLE_CONFIG_DIR=str(tmp_path / "kcfg"),
-               HOME=str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    return env
 
 
 def _cli(args, env, cwd):
@@ -140,6 +72,21 @@ def test_push_train_kernel_with_accelerator_override(tmp_path, kaggle_env, kaggl
     assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-tfrec"]
     rendered = json.loads((tmp_path / "k" / "train" / "kernel-metadata.json").read_text())
     assert rendered["code_file"] == "train.py" and rendered["machine_shape"] == "NvidiaTeslaT4"
+    # Training kernels may use the internet (ImageNet weights); only the submission kernel is offline.
+    assert body["enableInternet"] is True and body.get("kernelDataSources", []) == []
+
+
+def test_push_train_continue_attaches_the_kernels_own_last_output(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "train", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    body = seen[0]["body"]
+    assert body["slug"] == "alice/landmark-kaggle-train"
+    assert body["kernelDataSources"] == ["alice/landmark-kaggle-train"]
+    assert body["enableTpu"] is True and body["machineShape"] == "TpuV5E8"
+    proc = _cli(["kernels", "push", "submission", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 2 and "--continue is for the train and build-embed kernels" in proc.stderr
+    assert len(seen) == 1
 
 
 def test_an_error_from_kaggle_is_one_clear_line(tmp_path, kaggle_env, kaggle_server):
@@ -190,7 +137,7 @@ def test_bad_metadata_is_refused_before_any_request(tmp_path, kaggle_env, kaggle
     (folder / "kernel-metadata.json").write_text(json.dumps({**good, "id": "alice/landmark-kaggle-submission",
                                                              "code_file": "submission.py", "title": "Subm",
                                                              "dataset_sources": []}))
-    proc = subprocess.run(kernels.kaggle_command() + ["kernels", "push", "-p", str(folder)], env=kaggle_env,
+    proc = subprocess.run(kernelcli.kaggle_command() + ["kernels", "push", "-p", str(folder)], env=kaggle_env,
                           capture_output=True, text=True, timeout=120)
     assert "Title must be at least five characters" in proc.stdout + proc.stderr
     assert seen == []
@@ -207,15 +154,15 @@ def test_unrendered_template_and_missing_user_are_clear_errors(tmp_path, kaggle_
 
 
 def _model_folder(path: Path) -> Path:
-    import keras
+    """A real model folder of the embedding-only network (tiny: a Dense, a BatchNorm and the cosine classifier)."""
+    import numpy as np
 
-    path.mkdir(parents=True)
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.GlobalAveragePooling2D(name="embedding")(inputs)
-    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path / "model.keras")
-    (path / "config.json").write_text(json.dumps({"num_classes": 2}))
-    (path / "label_map.csv").write_text("label,landmark_id,count\n0,5,3\n1,9,4\n")
-    return path
+    from landmark_kaggle.config import config_from_dict
+    from landmark_kaggle.gld import make_label_map
+    from landmark_kaggle.model import build_embedding_model, save_model_dir
+
+    cfg = config_from_dict({"model": {"embedding_dim": 8}})
+    return save_model_dir(build_embedding_model(cfg, 8, 2), cfg, make_label_map(np.array([5, 9])), path)
 
 
 @pytest.mark.slow
@@ -231,11 +178,11 @@ def test_bundle_has_wheel_model_and_no_credentials(tmp_path, kaggle_env):
     assert json.loads((wheel_dir / "dataset-metadata.json").read_text())["id"] == "alice/landmark-kaggle-wheel"
     meta = json.loads((model_dir / "dataset-metadata.json").read_text())
     assert meta["id"] == "alice/landmark-kaggle-model" and 6 <= len(meta["title"]) <= 50
-    assert (model_dir / "model.keras").read_bytes() == (model / "model.keras").read_bytes()
+    assert (model_dir / "model.weights.h5").read_bytes() == (model / "model.weights.h5").read_bytes()
     for where, data in _all_bytes(tmp_path / "b"):
         assert SECRET.encode() not in data, where
     # A key that sneaked into the model folder stops the bundle, naming the file.
-    (model / "config.json").write_text(json.dumps({"num_classes": 2, "note": SECRET}))
+    (model / "config.json").write_text(json.dumps({**json.loads((model / "config.json").read_text()), "note": SECRET}))
     proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(tmp_path / "b2")], kaggle_env, tmp_path)
     assert proc.returncode == 2
     assert "config.json contains your Kaggle API key" in proc.stderr
@@ -257,7 +204,7 @@ def test_datasets_uploads_each_bundle_with_the_real_client(tmp_path, kaggle_env,
     assert len(versions) == 2
     names = sorted(s["name"] for s in starts)
     wheel = next((bundles / "landmark-kaggle-wheel").glob("*.whl"))
-    assert names == sorted([wheel.name, "config.json", "label_map.csv", "model.keras"])
+    assert names == sorted([wheel.name, "config.json", "label_map.csv", "model.weights.h5"])
     assert sorted(len(b) for b in uploaded.values()) == sorted(
         p.stat().st_size for p in [wheel, *(bundles / "landmark-kaggle-model").glob("[cml]*.*")])
     bodies = [v["body"] for v in versions]
@@ -275,6 +222,7 @@ def test_push_build_embed_is_a_gpu_kernel_with_internet_that_continues_its_last_
     assert proc.returncode == 0, proc.stderr + proc.stdout
     proc = _cli(["kernels", "push", "build-embed", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "pushed alice/landmark-kaggle-build-embed version 8" in proc.stdout
     first, again = seen[0]["body"], seen[1]["body"]
     for body in (first, again):
         assert body["slug"] == "alice/landmark-kaggle-build-embed"
@@ -291,19 +239,22 @@ def test_push_build_embed_is_a_gpu_kernel_with_internet_that_continues_its_last_
 def test_push_build_write_part_k_is_its_own_cpu_kernel(tmp_path, kaggle_env, kaggle_server):
     _, seen = kaggle_server
     for k in (1, 3):
-        proc = _cli(["kernels", "push", "build-write", "--part", str(k), "--continue", "--out", str(tmp_path / "k")],
+        proc = _cli(["kernels", "push", "build-write", "--part", str(k), "--out", str(tmp_path / "k")],
                     kaggle_env, tmp_path)
         assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert f"kernels status alice/landmark-kaggle-build-write-part-{k}`" in proc.stdout
+        record = json.loads((tmp_path / "k" / f"build-write-part-{k}" / kernelcli.PUSH_RECORD).read_text())
+        assert record["kernel"] == f"alice/landmark-kaggle-build-write-part-{k}" and record["version"] == 7
     for k, req in zip((1, 3), seen, strict=True):
         body = req["body"]
         assert body["slug"] == f"alice/landmark-kaggle-build-write-part-{k}"
         assert body["newTitle"] == f"Landmark Kaggle Build Write Part {k}"
         assert body["enableGpu"] is False and body["enableInternet"] is False and not body.get("machineShape")
         assert body["competitionDataSources"] == ["landmark-recognition-2021"]
-        assert body["kernelDataSources"] == ["alice/landmark-kaggle-build-embed",
-                                             f"alice/landmark-kaggle-build-write-part-{k}"]
+        assert body["kernelDataSources"] == ["alice/landmark-kaggle-build-embed"]
         assert f'PART = "{k}"' in body["text"] and '"--dataset-id", "alice/gldv2-tfrec-512"' in body["text"]
         assert kernels.PLACEHOLDER not in body["text"]
+        compile(body["text"], "build_write.py", "exec")
 
 
 def _parted_build(root: Path) -> Path:
@@ -327,11 +278,11 @@ def test_push_train_attaches_the_shards_of_every_part(tmp_path, kaggle_env, kagg
     tfrec = _parted_build(tmp_path / "local")
     ids = [json.loads(p.read_text())["id"] for p in sorted(tfrec.glob("*/dataset-metadata.json"))]
     assert len(ids) >= 3
-    proc = _cli(["kernels", "push", "train", "--shards", str(tfrec), "--out", str(tmp_path / "k")], kaggle_env,
-                tmp_path)
+    proc = _cli(["kernels", "push", "train", "--shards", str(tfrec), "--continue", "--out", str(tmp_path / "k")],
+                kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert seen[1]["body"]["datasetDataSources"] == ["alice/landmark-kaggle-wheel", *ids]
-    assert not seen[1]["body"].get("kernelDataSources")
+    assert seen[1]["body"]["kernelDataSources"] == ["alice/landmark-kaggle-train"]
 
 
 def test_build_options_on_the_wrong_kernel_are_refused_before_any_request(tmp_path, kaggle_env, kaggle_server):
@@ -339,28 +290,32 @@ def test_build_options_on_the_wrong_kernel_are_refused_before_any_request(tmp_pa
     for args, said in ((["train", "--part", "2"], "--part is for the build-write kernel"),
                        (["build-embed", "--shards", "3"], "--shards is for the train kernel"),
                        (["train", "--shards", "zero"], "neither a number of build-write parts nor a folder"),
-                       (["build-write", "--part", "0"], "--part 0 must be 1 or more")):
+                       (["build-write", "--part", "0"], "--part 0 must be 1 or more"),
+                       (["build-write", "--continue"], "--continue is for the train and build-embed kernels")):
         proc = _cli(["kernels", "push", *args, "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
         assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert seen == []
 
 
 def test_datasets_uploads_each_part_of_a_local_build(tmp_path, kaggle_env, kaggle_server):
-    _, seen = kaggle_server
+    world, seen = kaggle_server
     tfrec = _parted_build(tmp_path / "local")
     parts = sorted(p.parent for p in tfrec.glob("*/dataset-metadata.json"))
+    assert len(parts) >= 3
     proc = _cli(["kernels", "datasets", "--parts", str(tfrec), "--new"], kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert f"uploaded {len(parts)} datasets" in proc.stdout
-    creates = [r["body"] for r in seen if r["path"].endswith("/CreateDataset")]
-    assert sorted((c["ownerSlug"], c["slug"]) for c in creates) == sorted(
-        ("alice", p.name) for p in parts)
+    creates = world.posts("CreateDataset")
+    assert sorted((c["ownerSlug"], c["slug"]) for c in creates) == sorted(("alice", p.name) for p in parts)
+    assert all(c["title"].startswith("GLDv2 TFRecords 56px part ") for c in creates)
     uploaded = sorted(r["body"]["name"] for r in seen if r["path"].endswith("/StartBlobUpload"))
     # Every file of every part folder but the metadata, which travels in the request (the .build/
     # bookkeeping is a sub-folder: the client skips it).
     assert uploaded == sorted(f.name for p in parts for f in p.iterdir()
                               if f.is_file() and f.name != "dataset-metadata.json")
-    assert all(c["title"].startswith("GLDv2 TFRecords 56px part ") for c in creates)
+    # Created once: a second `--new` is refused by Kaggle, and says so in one line.
+    proc = _cli(["kernels", "datasets", "--parts", str(parts[0]), "--new"], kaggle_env, tmp_path)
+    assert proc.returncode == 2 and "already in use" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_args_travel_in_the_pushed_script(tmp_path, kaggle_env, kaggle_server):

@@ -155,7 +155,11 @@ def test_mixed_bfloat16_on_cpu_trains_and_logits_are_float32(shards, tmp_path):
         rt = setup_runtime("cpu", "mixed_bfloat16")
         summary = train_model(str(shards), tmp_path / "model", cfg, runtime=rt, progress=False)
         assert summary["precision"] == "mixed_bfloat16" and np.isfinite(summary["history"][0]["loss"])
-        model = load_model_dir(tmp_path / "model").model
+        # A model folder is rebuilt in float32 unless inference asks for bf16 (inference.precision).
+        plain = load_model_dir(tmp_path / "model").model
+        assert next(la for la in plain.layers[1].layers if isinstance(la, keras.layers.Conv2D)).compute_dtype == \
+            "float32"
+        model = load_model_dir(tmp_path / "model", precision="bfloat16").model
         assert model.get_layer("logits").compute_dtype == "float32"
         conv = next(la for la in model.layers[1].layers if isinstance(la, keras.layers.Conv2D))
         assert conv.compute_dtype == "bfloat16"

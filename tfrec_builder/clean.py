@@ -41,6 +41,10 @@ from landmark_kaggle.fileio import atomic_path, atomic_write_json
 from landmark_kaggle.gld import BUCKETS, bucket_of, load_train_index
 from tfrec_builder import cluster
 
+# What the build-write kernel finds a clean output by (landmark_kaggle.paths.CLEAN_MARKERS).
+OUTLIERS_CSV = "outliers.csv"
+REPORT_JSON = "report.json"
+
 DEFAULT_EPS = 0.33
 # A task is a batch of classes sent to one worker; big enough to amortise process hops.
 TASK_ROWS = 20000
@@ -194,8 +198,8 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
     out_dir.mkdir(parents=True, exist_ok=True)
     # A rerun recomputes everything (minutes at GLDv2 scale); what must never happen is a
     # later stage reading half a file, so each output appears whole or not at all.
-    (out_dir / "report.json").unlink(missing_ok=True)
-    _atomic_csv(outliers, out_dir / "outliers.csv")
+    (out_dir / REPORT_JSON).unlink(missing_ok=True)
+    _atomic_csv(outliers, out_dir / OUTLIERS_CSV)
     _atomic_csv(classes, out_dir / "classes.csv")
     unembedded = frame["id"].to_numpy()[~usable]
     sheet_paths = []
@@ -208,7 +212,7 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
                           min_class_size=min_class_size, jobs=jobs, sklearn_max_class=cluster.SKLEARN_MAX,
                           center=center))
     report["seconds"] = round(time.time() - start, 3)
-    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_json(out_dir / REPORT_JSON, report)
     return report
 
 
@@ -246,9 +250,9 @@ def _report(frame, classes, outliers, unembedded, store, source, data_dir, out_d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--embeddings", metavar="STORE", help="store written by `tfrec-builder embed`")
-    parser.add_argument("--data", help="GLDv2 folder (train.csv or train_clean.csv)")
-    parser.add_argument("--out", help="output folder (outliers.csv, classes.csv, report.json, sheets/)")
+    parser.add_argument("--embeddings", required=True, metavar="STORE", help="store written by `tfrec-builder embed`")
+    parser.add_argument("--data", required=True, help="GLDv2 folder (train.csv or train_clean.csv)")
+    parser.add_argument("--out", required=True, help="output folder (outliers.csv, classes.csv, report.json, sheets/)")
     parser.add_argument("--eps", default=str(DEFAULT_EPS),
                         help="DBSCAN eps (cosine distance), or 'auto' for a per-class eps (default 0.33)")
     parser.add_argument("--min-samples", type=int, default=2, help="DBSCAN min_samples (default 2)")
@@ -261,9 +265,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sheets", type=int, default=8, help="contact sheets to draw (default 8; 0: none)")
     parser.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
     parser.add_argument("--seed", type=int, default=0, help="which classes get contact sheets")
-    parser.add_argument("--kaggle", action="store_true",
-                        help="a Kaggle kernel: the store and the competition folder are found among the inputs, "
-                             "the output goes to the working folder's clean/ (tfrec_builder.onkaggle)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -273,20 +274,9 @@ def run(args: argparse.Namespace) -> int:
             eps = float(eps)
         except ValueError:
             raise UserError(f"--eps must be a number or 'auto', got {args.eps!r}") from None
-    settings = dict(eps=eps, min_samples=args.min_samples, metric=args.metric, min_class_size=args.min_class_size,
-                    sheets=args.sheets, jobs=args.jobs or None, seed=args.seed, center=args.center)
-    if args.kaggle:
-        from tfrec_builder import onkaggle
-
-        if args.embeddings or args.data or args.out:
-            raise UserError("--kaggle finds the store and the data and writes to the working folder: "
-                            "drop --embeddings, --data and --out")
-        store, data, out = onkaggle.clean_inputs()
-        print(onkaggle.clean_summary(clean_dataset(store, data, out, **settings), out))
-        return 0
-    if not (args.embeddings and args.data and args.out):
-        raise UserError("clean needs --embeddings, --data and --out (or --kaggle)")
-    r = clean_dataset(args.embeddings, args.data, args.out, **settings)
+    r = clean_dataset(args.embeddings, args.data, args.out, eps=eps, min_samples=args.min_samples,
+                      metric=args.metric, min_class_size=args.min_class_size, sheets=args.sheets,
+                      jobs=args.jobs or None, seed=args.seed, center=args.center)
     noise = r["noise"]
     tail = ""
     if noise:

@@ -117,7 +117,7 @@ class ModelDirBackend(Backend):
     """The embedding of a landmark-kaggle model folder, through the same eval path as inference."""
 
     def __init__(self, folder: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
-        from landmark_kaggle.model import MODEL_FILE, embedding_model, load_model_dir
+        from landmark_kaggle.model import WEIGHTS_FILE, embedding_model, load_model_dir
 
         if weights is not None or image_size is not None:
             raise BackendError(f"model:{folder}: the weights and image size come from the model folder; "
@@ -127,7 +127,7 @@ class ModelDirBackend(Backend):
         self.model = embedding_model(bundle.model)
         self.data_cfg = bundle.config.data
         self.name, self.image_size = f"model:{path}", int(self.data_cfg.image_size)
-        self.weights, self.weights_sha256 = str(path / MODEL_FILE), file_sha256(path / MODEL_FILE)
+        self.weights, self.weights_sha256 = str(path / WEIGHTS_FILE), file_sha256(path / WEIGHTS_FILE)
         self.dim = int(self.model.output_shape[-1])
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:

@@ -1,24 +1,16 @@
-"""The build stages' ``--kaggle`` mode: inputs found by what they hold, outputs in the kernel's working folder.
+"""``embed --kaggle``: the build-embed kernel's inputs found by what they hold, its output in the working folder.
 
-Each build kernel (``kernels/build-embed``, ``kernels/build-write``) is one
-command in this mode; everything it needs is found under the input root by
-``landmark_kaggle.paths.find_inputs``, never by a slug:
+Everything the kernel needs is found under the input root by
+``landmark_kaggle.paths.find_inputs``, never by a slug: the competition
+folder; the backbone's weights (an attached file of the name Keras would
+download, e.g. ``efficientnetb7_notop.h5``, or the only weights file attached;
+else ``imagenet``: Keras downloads them, build kernels have internet); a
+previous version's store (attached by ``kernels push build-embed --continue``),
+copied into the working folder and continued. It stops cleanly before its
+time budget, and once the store is complete it runs ``clean`` on it, so the
+kernel's output holds ``embeddings/`` and ``clean/``.
 
-* ``embed --kaggle``: the competition folder; the backbone's weights (an
-  attached file of the name Keras would download, e.g. ``efficientnetb7_notop.h5``,
-  or the only weights file attached; else ``imagenet``: Keras downloads them,
-  build kernels have internet); a previous version's store (attached by
-  ``kernels push build-embed --continue``), copied into the working folder
-  and continued. It stops cleanly before its time budget, and once the store
-  is complete it runs ``clean`` on it, so the kernel's output holds
-  ``embeddings/`` and ``clean/``.
-* ``clean --kaggle``: the store (attached, or this kernel's own) and the
-  competition folder → ``clean/``.
-* ``write --kaggle --part k``: the competition folder and ``clean/outliers.csv``
-  → ``tfrec/<slug>-part-k/`` (one Kaggle dataset folder of at most
-  ``--max-part-gb``) and ``tfrec/parts.json``.
-
-Why clean runs once, in the embed kernel, and the write kernels read its
+Why clean runs once, in the embed kernel, and the build-write kernels read its
 ``outliers.csv`` instead of each clustering again: DBSCAN on another machine
 can round one distance to the other side of eps, and parts planned from two
 different outlier lists are not one build.
@@ -34,11 +26,9 @@ from pathlib import Path
 from landmark_kaggle.embstore import CHUNKS, META, StoreError
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.paths import find_inputs, kaggle_working_root
-from tfrec_builder.parts import PARTS_JSON
 
 STORE_DIR = "embeddings"
 CLEAN_DIR = "clean"
-TFREC_DIR = "tfrec"
 # Kaggle ends a GPU session at 12 h and keeps nothing of a session it had to end: stop before that,
 # with room for copying the previous store in and for the clean that follows the last chunk.
 DEFAULT_EMBED_BUDGET = "11h"
@@ -103,7 +93,7 @@ def choose_weights(backend: str, weights: str | None, found: list[Path]) -> str 
 
 def embed_plan(args) -> dict:
     """What ``embed --kaggle`` works on: data, store (a previous version's copied in), weights, deadline."""
-    from landmark_kaggle.train import parse_duration
+    from landmark_kaggle.config import parse_duration
 
     deadline = time.time() + parse_duration(args.time_budget or DEFAULT_EMBED_BUDGET)
     inputs = find_inputs()
@@ -135,41 +125,7 @@ def store_complete(store: Path) -> bool:
     return False
 
 
-def clean_inputs() -> tuple[Path, Path, Path]:
-    """(store, data, out) for ``clean --kaggle``: this kernel's own finished store, else the attached one."""
-    inputs = find_inputs()
-    own = kaggle_working_root() / STORE_DIR
-    store = own if (own / META).is_file() else inputs.one("embeddings")
-    return store, inputs.one("competition"), kaggle_working_root() / CLEAN_DIR
-
-
 def clean_summary(r: dict, out: Path) -> str:
-    return (f"clean --kaggle: removed {r['images']['removed']} of {r['images']['in']} images from "
+    return (f"embed --kaggle: clean removed {r['images']['removed']} of {r['images']['in']} images from "
             f"{r['classes']['touched']} of {r['classes']['in']} classes in {r['seconds']:.0f} s -> {out} "
             f"(the build-write kernels read {out / 'outliers.csv'})")
-
-
-def write_inputs(args) -> tuple[Path, Path | None, Path, int]:
-    """(data, outliers, out, part) for ``write --kaggle``: outliers from the attached clean output."""
-    inputs = find_inputs()
-    data = Path(args.data) if args.data else inputs.one("competition")
-    if args.outliers and args.outliers.lower() == "none":
-        outliers = None
-    elif args.outliers:
-        outliers = Path(args.outliers)
-    else:
-        found = inputs.optional("clean")
-        if found is None:
-            raise UserError(f"found no clean output (outliers.csv and report.json) under {inputs.root}: attach the "
-                            "build-embed kernel's output (it cleans once the store is complete), or pass "
-                            "--outliers none to write every image uncleaned")
-        outliers = found / "outliers.csv"
-    return data, outliers, kaggle_working_root() / TFREC_DIR, args.part or 1
-
-
-def write_note(result: dict, part: int, out: Path, outliers: Path | None) -> str:
-    count = result["parts"]["count"] if "parts" in result else 1
-    others = [k for k in range(1, count + 1) if k != part]
-    tail = (f"; the other parts: landmark-kaggle kernels push build-write --part K for K in "
-            f"{', '.join(map(str, others))} ({out / PARTS_JSON} lists them)") if others else ""
-    return f"write --kaggle: part {part} of {count} in {out} (outliers: {outliers or 'none'}){tail}"

@@ -312,7 +312,7 @@ def summary(result: dict, out_dir) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="?", help="GLDv2 folder (train.csv or train_clean.csv, train/a/b/c/<id>.jpg)")
+    parser.add_argument("data", help="GLDv2 folder (train.csv or train_clean.csv, train/a/b/c/<id>.jpg)")
     parser.add_argument("--out", help="output folder for shards, label_map.csv and manifest.json (or for the parts)")
     parser.add_argument("--outliers", help="clean/outliers.csv (id,landmark_id,cluster,reason): images to leave out")
     parser.add_argument("--image-size", type=int, default=512, help="longest side in pixels; never upscaled")
@@ -335,32 +335,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-id", help="Kaggle dataset OWNER/SLUG for dataset-metadata.json "
                                              "(parts: OWNER/SLUG-part-<k>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--kaggle", action="store_true",
-                        help="a Kaggle kernel: the competition folder and clean/outliers.csv are found among the "
-                             "inputs (--outliers none: uncleaned), part --part (default 1) goes to the working "
-                             "folder's tfrec/ (tfrec_builder.onkaggle)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.kaggle and not args.estimate:
-        from tfrec_builder import onkaggle
-
-        if args.out or args.num_workers != 1:
-            raise UserError("--kaggle writes one part to the working folder: drop --out and --num-workers")
-        data, outliers, out, part = onkaggle.write_inputs(args)
-        result = write_dataset(data, out, outliers=outliers, image_size=args.image_size, quality=args.quality,
-                               shard_mb=args.shard_mb, val_fraction=args.val_fraction, seed=args.seed,
-                               workers=args.workers, dataset_id=args.dataset_id, max_part_gb=args.max_part_gb,
-                               part=part, progress=not args.no_progress)
-        print(summary(result, out))
-        print(onkaggle.write_note(result, part, out, outliers))
-        return 0
-    if args.kaggle and not args.data:
-        from landmark_kaggle.paths import find_inputs
-
-        args.data = str(find_inputs().one("competition"))
-    if not args.data:
-        raise UserError("write needs the GLDv2 folder (or --kaggle)")
     if args.estimate:
         from tfrec_builder.estimate import estimate_build, format_estimate
 

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-embeddings": ("landmark_kaggle.train_embeddings", "fit cosine classifier + ArcFace on an embeddings store"),
     "predict": ("landmark_kaggle.predict", "submission.csv from a model folder, with optional retrieval re-ranking"),
     "embed-index": ("landmark_kaggle.embed_index", "embed training shards into a retrieval index for predict --index"),
-    "kernels": ("landmark_kaggle.kernels", "bundle the package and model as Kaggle datasets; render and push kernels"),
+    "kernels": ("landmark_kaggle.kernelcli", "the Kaggle loop: bundle, upload, push kernels, status, output, submit"),
     "subset": ("landmark_kaggle.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
     "score": ("landmark_kaggle.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),
     "dry-run": ("landmark_kaggle.dryrun", "every stage on a data subset (embedded sample by default), GAP at the end"),

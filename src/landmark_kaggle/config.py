@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ class ModelConfig:
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multiworker", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+BACKENDS = ("auto", "tensorflow", "jax")
+# runtime.devices: which devices JAX trains on; "cpu:N" splits the host into N devices (a stand-in for an N-core TPU).
+DEVICE_KINDS = ("auto", "tpu", "gpu", "cpu")
+INFERENCE_PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where the training runs: distribution strategy and precision policy (``distribute.py``)."""
+    """Where the training runs: Keras backend, devices, distribution strategy and precision policy.
 
+    ``backend`` and ``devices`` are applied before Keras is imported (``backend.py``),
+    the rest by ``distribute.py``.
+    """
+
+    backend: str = "auto"  # see BACKENDS; auto: JAX when a TPU is visible to JAX, else TensorFlow
+    devices: str = "auto"  # JAX only: auto | tpu | gpu | cpu | cpu:N
     strategy: str = "auto"  # see STRATEGIES
     precision: str = "auto"  # see PRECISIONS
 
@@ -110,12 +121,32 @@ class EmbeddingsConfig:
     class_sample: float = 0.0
 
 
+TTA_MODES = ("none", "flip")
+SCORING_RULES = ("linear", "glr2020_1st", "glr2020_3rd")
+INDEX_SOURCES = ("bundle", "competition", "both")
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
+    """``predict`` and ``embed-index``: batching, retrieval, the scoring rule (``scoring.py``), TTA."""
+
     batch_size: int = 64
     topk_neighbours: int = 5
-    retrieval_weight: float = 0.5
-    nonlandmark_weight: float = 1.0
+    retrieval_weight: float = 0.5  # linear rule only
+    nonlandmark_weight: float = 1.0  # linear rule only
+    scoring: str = "linear"  # see SCORING_RULES
+    tta: str = "none"  # none | flip: average an image's and its mirror's embeddings and cosines
+    # Where the retrieval index comes from: the --index folder, the competition's mounted train/ embedded at
+    # predict time, or both (an image in both counts once, from the competition).
+    index_from: str = "bundle"
+    restrict_to_competition_train: bool = False  # only predict landmarks listed in the competition's train.csv
+    query_block: int = 0  # images embedded per search call; 0: sized to memory
+    # The network's precision at inference, whatever it was trained under: float32 (T4 and P100 have no fast
+    # bf16), float16 for GPUs with fast half precision, bfloat16. Variables and the classifier stay float32.
+    precision: str = "float32"
+    # predict fails when more than this share of the test images give no prediction (unreadable or missing):
+    # a systematic decode bug must not pass for a submission.
+    max_unreadable: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -157,6 +188,9 @@ class Config:
             ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "must be in (0, 1]"),
             ("optim.min_lr", self.optim.min_lr >= 0, "must be >= 0"),
             ("optim.clipnorm", self.optim.clipnorm >= 0, "must be >= 0"),
+            ("runtime.backend", self.runtime.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+            ("runtime.devices", valid_devices(self.runtime.devices),
+             f"must be one of {', '.join(DEVICE_KINDS)} or cpu:N (N host devices, N >= 1)"),
             ("runtime.strategy", self.runtime.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
             ("runtime.precision", self.runtime.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("session.checkpoint_every_steps", self.session.checkpoint_every_steps >= 0, "must be >= 0"),
@@ -165,6 +199,15 @@ class Config:
             ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),
             ("inference.retrieval_weight", 0 <= self.inference.retrieval_weight <= 1, "must be in [0, 1]"),
             ("inference.nonlandmark_weight", self.inference.nonlandmark_weight >= 0, "must be >= 0"),
+            ("inference.scoring", self.inference.scoring in SCORING_RULES,
+             f"must be one of {', '.join(SCORING_RULES)}"),
+            ("inference.tta", self.inference.tta in TTA_MODES, f"must be one of {', '.join(TTA_MODES)}"),
+            ("inference.index_from", self.inference.index_from in INDEX_SOURCES,
+             f"must be one of {', '.join(INDEX_SOURCES)}"),
+            ("inference.query_block", self.inference.query_block >= 0, "must be >= 0 (0: sized to memory)"),
+            ("inference.precision", self.inference.precision in INFERENCE_PRECISIONS,
+             f"must be one of {', '.join(INFERENCE_PRECISIONS)}"),
+            ("inference.max_unreadable", 0 <= self.inference.max_unreadable <= 1, "must be in [0, 1]"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -176,6 +219,22 @@ class Config:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def parse_devices(text: str) -> tuple[str, int | None]:
+    """``"cpu:8"`` -> ("cpu", 8); ``"tpu"`` -> ("tpu", None). Raises ConfigError on anything else."""
+    kind, _, count = str(text).strip().lower().partition(":")
+    if kind not in DEVICE_KINDS or (count and (kind != "cpu" or not count.isdigit() or int(count) < 1)):
+        raise ConfigError(f"runtime.devices = {text!r} must be one of {', '.join(DEVICE_KINDS)} or cpu:N")
+    return kind, int(count) if count else None
+
+
+def valid_devices(text: str) -> bool:
+    try:
+        parse_devices(text)
+    except ConfigError:
+        return False
+    return True
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -255,7 +314,7 @@ MOVED_KEYS = {
     **{f"train.{k}": f"optim.{k}" for k in ("learning_rate", "scale_lr_with_replicas", "weight_decay",
                                             "warmup_epochs", "sustain_epochs", "decay", "decay_rate", "min_lr",
                                             "clipnorm")},
-    "train.strategy": "runtime.strategy", "train.precision": "runtime.precision",
+    "train.strategy": "runtime.strategy", "train.precision": "runtime.precision", "train.backend": "runtime.backend",
     "train.time_budget": "session.time_budget", "train.checkpoint_every_steps": "session.checkpoint_every_steps",
     "train.class_sample": "embeddings.class_sample",
 }
@@ -327,6 +386,22 @@ def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = No
         payload.update(extra)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def parse_duration(text) -> float | None:
+    """``"8h30m"``, ``"90m"``, ``"45s"``, ``"1h"`` or plain seconds → seconds; empty → None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int | float):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
+    if not s or not m or not any(m.groups()):
+        raise UserError(f"time budget {text!r}: write it like 8h30m, 90m, 45s or a number of seconds")
+    h, mi, se = (float(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + se
 
 
 def add_config_arguments(parser: Any) -> None:

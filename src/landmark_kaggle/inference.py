@@ -39,18 +39,27 @@ class InferenceBundle:
 
 
 def load_for_inference(model_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> InferenceBundle:
-    """Load a model folder; ``overrides`` may change ``inference.*`` settings only."""
+    """Load a model folder; ``overrides`` may change ``inference.*`` settings only.
+
+    The network is rebuilt under ``inference.precision`` (float32 unless asked), whatever precision it was
+    trained under; the outputs are float32 either way.
+    """
     import keras
     import tensorflow as tf
 
-    from landmark_kaggle.model import MODEL_FILE, embedding_model, load_model_dir
+    from landmark_kaggle.model import CONFIG_FILE, WEIGHTS_FILE, embedding_model, load_model_dir, read_model_config
 
     bad = [o for o in overrides if not o.strip().startswith("inference.")]
     if bad:
         raise UserError(f"--set {bad[0]}: predict only changes inference.* settings; "
                         "the rest comes from the model folder")
-    bundle = load_model_dir(model_dir)
-    cfg = config_from_dict(bundle.config.to_dict(), overrides) if overrides else bundle.config
+    folder = Path(model_dir)
+    if overrides and (folder / CONFIG_FILE).is_file():
+        cfg = config_from_dict(read_model_config(folder / CONFIG_FILE)[0].to_dict(), overrides)
+    else:
+        cfg = None
+    bundle = load_model_dir(folder, precision=cfg.inference.precision if cfg else "float32")
+    cfg = cfg or bundle.config
     both = keras.Model(bundle.model.inputs, [bundle.model.outputs[0], embedding_model(bundle.model).outputs[0]])
     scale = float(cfg.model.scale)
 
@@ -63,7 +72,7 @@ def load_for_inference(model_dir: str | os.PathLike, overrides: list[str] | tupl
         cos, emb = forward(tf.convert_to_tensor(images, tf.float32))
         return cos.numpy(), emb.numpy()
 
-    return InferenceBundle(cfg, bundle.label_map, embed_fn, file_sha256(Path(model_dir) / MODEL_FILE), Path(model_dir))
+    return InferenceBundle(cfg, bundle.label_map, embed_fn, file_sha256(folder / WEIGHTS_FILE), folder)
 
 
 def iterate_batches(fn: Callable, dataset: tf.data.Dataset, batch_size: int) -> Iterator[tuple[list[str], object]]:

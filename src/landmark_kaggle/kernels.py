@@ -1,24 +1,22 @@
-"""Kaggle kernels and datasets from this checkout: ``kernels bundle``, ``kernels push NAME``, ``kernels datasets``.
+"""Kaggle kernels and datasets from this checkout: the bundles the kernels attach, and the rendered kernels.
 
 ``bundle`` builds the package wheel (``pip wheel --no-deps``) into one dataset
 folder and copies a model folder (and, if given, the retrieval index and the
 non-landmark index) into others, each with its ``dataset-metadata.json``, so the offline submission
 kernel can ``pip install --no-index`` the package and find the model.
 
-``push NAME`` (submission | train | build-embed | build-write) renders the kernel's metadata
-template with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``,
-else the ``username`` in the kaggle config file; the key is never read into
-anything we write), checks it against the rules the kaggle client enforces in
-``kernels_push`` plus our own (internet stated explicitly, no placeholder
-left), and runs the real ``kaggle kernels push -p``.
-
-``datasets`` uploads the bundle folders with ``kaggle datasets create``
-(``--new``) or ``kaggle datasets version``.
+``render_kernel`` fills a kernel's metadata template (submission | train |
+build-embed | build-write) with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``, else
+the ``username`` in the kaggle config file; the key is never read into
+anything we write), pastes ``kernels/prelude.py`` into its launcher and checks
+the metadata against the rules the kaggle client enforces in ``kernels_push``
+plus our own (internet stated explicitly, no placeholder left); the build
+kernels' variants (``--part``, ``--shards``, ``--args``) are edits of the
+rendered folder in ``kernels_build``. ``kernelcli`` runs the real kaggle client over them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -44,6 +42,9 @@ KERNEL_TEMPLATES = {
     "build-embed": "kernels/build-embed/kernel-metadata.json",
     "build-write": "kernels/build-write/kernel-metadata.json",
 }
+# Kernels whose next version continues the last one's output (`kernels push NAME --continue`): the train
+# kernel resumes its checkpoint, build-embed its embeddings store.
+CONTINUABLE = ("train", "build-embed")
 WHEEL_DATASET = "landmark-kaggle-wheel"
 MODEL_DATASET = "landmark-kaggle-model"
 INDEX_DATASET = "landmark-kaggle-index"
@@ -54,7 +55,8 @@ DATASET_TITLES = {
     INDEX_DATASET: "landmark-kaggle retrieval index",
     DISTRACTOR_DATASET: "landmark-kaggle non-landmark index",
 }
-MODEL_FILES = ("model.keras", "config.json", "label_map.csv")
+# The model folder's contract (model.MODEL_FOLDER_FILES; this module does not import TensorFlow).
+MODEL_FILES = ("model.weights.h5", "config.json", "label_map.csv")
 # Values the kaggle client accepts (kaggle_api_extended.KaggleApi.valid_push_*).
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
@@ -259,12 +261,14 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
-                  accelerator: str | None = None, continue_last: bool = False) -> Path:
+                  accelerator: str | None = None, continue_last: bool = False, *, part: int | None = None,
+                  shards: str | None = None, kernel_args: str | None = None) -> Path:
     """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
 
     ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
-    version's) through ``kernel_sources``: the next version continues from it
-    (the train kernel from its checkpoint, build-embed from its store).
+    version's) through ``kernel_sources``: the train kernel resumes its checkpoint
+    from it, build-embed its store. ``part``, ``shards`` and ``kernel_args`` are
+    the build kernels' variants (``kernels_build.adjust_rendered``).
     """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
@@ -281,91 +285,32 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
         raise KernelError(f"{template}: code_file {meta.get('code_file')!r} not found")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # The user goes into the code too where a launcher names one (a dataset id it writes).
+    # The user goes into the code too where a launcher names one (the dataset id build-write gives its parts).
     (out / code.name).write_text(render_code(code, repo).replace(PLACEHOLDER, user), encoding="utf-8")
     meta = {k: _render(v, user) for k, v in meta.items()}
     meta["code_file"] = code.name
     if accelerator:
         meta["machine_shape"] = accelerator
     if continue_last:
+        if name not in CONTINUABLE:
+            raise KernelError(f"--continue is for the {' and '.join(CONTINUABLE)} kernels (their next version "
+                              f"continues the last one's output), not {name}")
         meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
-    validate_kernel_metadata(meta, out, where=str(template))
     _write_json(out / "kernel-metadata.json", meta)
+    kernels_build.adjust_rendered(out, name, user, part=part, shards=shards, kernel_args=kernel_args)
+    validate_kernel_metadata(json.loads((out / "kernel-metadata.json").read_text(encoding="utf-8")), out,
+                             where=str(template))
     return out
 
 
-def kaggle_command() -> list[str]:
-    exe = Path(sys.executable).with_name("kaggle")
-    return [str(exe)] if exe.exists() else ["kaggle"]
-
-
-def run_kaggle(args: list[str]) -> str:
-    """Run the real kaggle client; its errors become one clear line."""
-    proc = subprocess.run(kaggle_command() + args, capture_output=True, text=True)
-    out = (proc.stdout + proc.stderr).strip()
-    # The client prints some failures ("Kernel push error: ...") and still exits 0.
-    if proc.returncode != 0 or " error:" in proc.stdout.lower() or proc.stdout.lower().startswith("error"):
-        raise KernelError(f"`kaggle {' '.join(args)}` failed: {out.splitlines()[-1] if out else proc.returncode}")
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    b = sub.add_parser("bundle", help="build the wheel dataset folder and pack the model (and index) folders")
-    b.add_argument("--model", help="model folder (model.keras, config.json, label_map.csv)")
-    b.add_argument("--index", help="retrieval index folder from embed-index --data")
-    b.add_argument("--distractors", help="non-landmark index folder from embed-index --images")
-    b.add_argument("--out", default="bundles", help="where the dataset folders go (default: bundles)")
-    b.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
-    p = sub.add_parser("push", help="render a kernel's metadata for your user, check it, run `kaggle kernels push`")
-    p.add_argument("name", choices=sorted(KERNEL_TEMPLATES))
-    p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)")
-    p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
-    p.add_argument("--continue", dest="continue_last", action="store_true",
-                   help="attach this kernel's last version's output, so the new version continues from it")
-    kernels_build.add_push_arguments(p)
-    p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
-    p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
-    d = sub.add_parser("datasets", help="upload the bundle folders with `kaggle datasets create/version`")
-    d.add_argument("--out", default="bundles", help="the folder `kernels bundle` wrote")
-    d.add_argument("--new", action="store_true", help="first upload: `datasets create` instead of `version`")
-    d.add_argument("--message", default="landmark-kaggle update", help="version notes")
-    kernels_build.add_datasets_arguments(d)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "bundle":
-        folders = bundle(args.out, kaggle_username(args.user), args.model, args.index, args.distractors)
-        for slug, folder in folders.items():
-            print(f"{slug}: {folder} ({sum(1 for p in folder.iterdir() if p.is_file())} files)")
-        print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")
-        return 0
-    if args.action == "push":
-        user = kaggle_username(args.user)
-        folder = render_kernel(args.name, user, Path(args.out) / args.name, accelerator=args.accelerator,
-                               continue_last=args.continue_last)
-        if args.part is not None or args.shards is not None or args.kernel_args:
-            kernels_build.adjust_rendered(folder, args, user)
-            validate_kernel_metadata(json.loads((folder / "kernel-metadata.json").read_text(encoding="utf-8")),
-                                     folder, where=str(folder / "kernel-metadata.json"))
-        if args.dry_run:
-            print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
-            return 0
-        push = ["kernels", "push", "-p", str(folder)]
-        if args.accelerator:
-            push += ["--accelerator", args.accelerator]
-        print(run_kaggle(push))
-        return 0
-    out = Path(args.out)
-    found = [out / slug for slug in DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
-    if args.parts:
-        found = kernels_build.part_folders(args.parts)
-    if not found:
-        raise KernelError(f"no bundle folders in {out}; run `landmark-kaggle kernels bundle` first")
-    for folder in found:
-        scan_for_credentials(folder)
-        cmd = (["datasets", "create", "-p", str(folder)] if args.new
-               else ["datasets", "version", "-p", str(folder), "-m", args.message])
-        print(run_kaggle(cmd))
-    print(f"uploaded {len(found)} datasets")
-    return 0
+def kernel_ref(name: str, user: str, repo: Path = REPO_ROOT) -> str:
+    """``owner/slug`` of kernel NAME (its template's id for ``user``); an ``owner/slug`` passes through."""
+    if "/" in name:
+        bits = name.split("/")
+        if len(bits) != 2 or not all(bits):
+            raise KernelError(f"kernel {name!r} must be one of {', '.join(KERNEL_TEMPLATES)} or 'owner/kernel-slug'")
+        return name
+    if name not in KERNEL_TEMPLATES:
+        raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)} or give owner/slug")
+    meta = json.loads((repo / KERNEL_TEMPLATES[name]).read_text(encoding="utf-8"))
+    return _render(meta["id"], user)

@@ -12,13 +12,13 @@
 * ``datasets --parts FOLDER``: the part folders of a local ``tfrec-builder write``,
   each uploaded as its own dataset (``kaggle datasets create -p`` per part).
 
-Pure edits of rendered folders; ``kernels`` checks the result against Kaggle's
-rules and runs the client (this module imports neither, so there is no circle).
+Pure edits of a folder ``kernels.render_kernel`` rendered; it checks the
+result against Kaggle's rules, ``kernelcli`` runs the client (this module
+imports neither, so there is no circle).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex
@@ -40,23 +40,6 @@ ARGS_ENV = "LANDMARK_KAGGLE_ARGS"
 PRELUDE_END = "# ---- end of kernels/prelude.py ----"
 
 
-def add_push_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--args", dest="kernel_args", metavar="'OPTIONS'",
-                   help="options appended to the kernel's command, written into the pushed script (e.g. "
-                        "--args '--image-size 300'); a version that continues another needs the same ones")
-    p.add_argument("--part", type=int, metavar="K",
-                   help=f"{WRITE_KERNEL}: render the kernel for part K (slug {WRITE_SLUG.format(k='K')})")
-    p.add_argument("--shards", metavar="N|FOLDER",
-                   help="train: attach the outputs of the N build-write kernels, or the part datasets of a local "
-                        "build FOLDER (their dataset-metadata.json ids), instead of the one shard dataset")
-
-
-def add_datasets_arguments(d: argparse.ArgumentParser) -> None:
-    d.add_argument("--parts", metavar="FOLDER",
-                   help="upload each part folder of a local `tfrec-builder write` (FOLDER holds them, or is one) "
-                        "as its own dataset, instead of the bundle folders")
-
-
 def _read(folder: Path) -> tuple[dict, Path]:
     meta = json.loads((folder / "kernel-metadata.json").read_text(encoding="utf-8"))
     return meta, folder / meta["code_file"]
@@ -67,10 +50,8 @@ def set_part(folder: Path, k: int, user: str) -> None:
     if k < 1:
         raise UserError(f"--part {k} must be 1 or more")
     meta, code = _read(folder)
-    old_id, new_id = meta["id"], f"{user}/{WRITE_SLUG.format(k=k)}"
+    new_id = f"{user}/{WRITE_SLUG.format(k=k)}"
     meta["id"], meta["title"] = new_id, WRITE_TITLE.format(k=k)
-    # --continue attached the part's own output under the part-1 id that rendering started from.
-    meta["kernel_sources"] = [new_id if s == old_id else s for s in meta.get("kernel_sources", [])]
     text = code.read_text(encoding="utf-8")
     if len(PART_LINE.findall(text)) != 1:
         raise UserError(f"{code}: expected one line `PART = \"1\"` for --part to rewrite")
@@ -124,15 +105,16 @@ def set_args(folder: Path, options: str) -> None:
     code.write_text(text[:end] + line + text[end:], encoding="utf-8")
 
 
-def adjust_rendered(folder: Path, args: argparse.Namespace, user: str) -> None:
-    """Apply ``--part``, ``--shards`` and ``--args`` to a rendered kernel folder (the caller checks the result)."""
-    if args.kernel_args:
-        set_args(folder, args.kernel_args)
-    if args.part is not None:
-        if args.name != WRITE_KERNEL:
-            raise UserError(f"--part is for the {WRITE_KERNEL} kernel (one per part), not {args.name}")
-        set_part(folder, args.part, user)
-    if args.shards is not None:
-        if args.name != "train":
-            raise UserError(f"--shards is for the train kernel, not {args.name}")
-        set_shards(folder, args.shards, user)
+def adjust_rendered(folder: Path, name: str, user: str, *, part: int | None = None, shards: str | None = None,
+                    kernel_args: str | None = None) -> None:
+    """Apply ``--part``, ``--shards`` and ``--args`` to kernel NAME rendered in ``folder`` (the caller checks it)."""
+    if kernel_args:
+        set_args(folder, kernel_args)
+    if part is not None:
+        if name != WRITE_KERNEL:
+            raise UserError(f"--part is for the {WRITE_KERNEL} kernel (one per part), not {name}")
+        set_part(folder, part, user)
+    if shards is not None:
+        if name != "train":
+            raise UserError(f"--shards is for the train kernel, not {name}")
+        set_shards(folder, shards, user)

@@ -4,8 +4,8 @@ The model outputs plain logits ``s·cos θ`` (no label input), so one saved
 model serves training, metrics and inference; ArcFace's additive angular
 margin is applied to the target class inside the loss. Everything is written
 the way keras-hub writes layers (kwargs to the parent, one attribute per
-argument, ``get_config`` extending the parent's) and registered, so a saved
-``model.keras`` reloads with no ``custom_objects``.
+argument, ``get_config`` extending the parent's) and registered, so a whole
+model saved by Keras (checkpoints) reloads with no ``custom_objects``.
 """
 
 from __future__ import annotations

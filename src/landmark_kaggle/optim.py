@@ -40,10 +40,13 @@ def topk_metrics(num_classes: int) -> list:
 
 
 def compile_model(model: keras.Model, cfg: Config, class_counts=None, *, steps_per_epoch: int = 1,
-                  lr_factor: float = 1.0, num_classes: int | None = None, loss: ArcFaceLoss | None = None) -> None:
+                  lr_factor: float = 1.0, num_classes: int | None = None, loss: ArcFaceLoss | None = None,
+                  jit_compile: bool = False) -> None:
     """Compile for training. ``num_classes`` defaults to the model's output width (a subclassed trainer
-    may not know it); ``loss`` defaults to ``make_loss``."""
+    may not know it); ``loss`` defaults to ``make_loss``; ``jit_compile`` as the runtime says (XLA: on under
+    JAX, off for TensorFlow on the CPU)."""
     classes = int(num_classes or model.output_shape[-1])
     # Weighted, so the zero-weight rows that pad a distributed validation pass do not count.
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, lr_factor),
-                  loss=loss or make_loss(cfg, class_counts), weighted_metrics=topk_metrics(classes), jit_compile=False)
+                  loss=loss or make_loss(cfg, class_counts), weighted_metrics=topk_metrics(classes),
+                  jit_compile=jit_compile)

@@ -182,8 +182,12 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
     files = shard_files(data, (split,))
     det = bool(data_cfg.deterministic) or not training
     if training:
-        fds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        fds = fds.repeat()
+        # Each round over the files in its own order, keyed by (seed, round) alone: every iterator over this
+        # dataset yields the same stream, however many were started before it (Keras on JAX starts one to
+        # look at a batch before training).
+        names = tf.constant(files)
+        fds = tf.data.Dataset.counter().flat_map(lambda r: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(names, seed=tf.stack([tf.cast(seed, tf.int64), r]))))
     else:
         fds = tf.data.Dataset.from_tensor_slices(files)
     ds = fds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
@@ -191,7 +195,7 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
                         num_parallel_calls=AUTOTUNE, deterministic=det)
     if training:
         if data_cfg.shuffle_buffer > 1:
-            ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
         ds = ds.enumerate()
         if start_step:
             ds = ds.skip(int(start_step) * int(batch_size))
@@ -221,6 +225,16 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
 
 
 # -- the evaluation datasets inference reads: every image through ``eval_transform``, each carrying its id ----------
+# ``data_cfg`` may be one DataConfig or a sequence of them (an ensemble of models with different input sizes):
+# then each image comes as a tuple of views, one per config, all decoded from the same bytes.
+
+
+def eval_views(image, data_cfg):
+    """``eval_transform`` under one config, or a tuple of views under several."""
+    if isinstance(data_cfg, list | tuple):
+        return tuple(eval_transform(image, c) for c in data_cfg)
+    return eval_transform(image, data_cfg)
+
 
 def list_images(folder) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every ``<id>.jpg`` under folder (any depth), sorted by id; names that are not ids are returned apart."""
@@ -240,7 +254,7 @@ def image_folder_dataset(ids, files, data_cfg) -> tf.data.Dataset:
     Order is not kept (each image carries its id), so a slow file never holds up the batch behind it.
     """
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(ids, str), np.asarray(files, str)))
-    ds = ds.map(lambda i, p: (i, eval_transform(decode_image(tf.io.read_file(p)), data_cfg)),
+    ds = ds.map(lambda i, p: (i, eval_views(decode_image(tf.io.read_file(p)), data_cfg)),
                 num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.ignore_errors()
 
@@ -270,6 +284,6 @@ def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
 def tfrec_eval_dataset(files, data_cfg, skip: int = 0, take: int = -1) -> tf.data.Dataset:
     """(id, image) pairs of records ``skip`` … ``skip + take`` of the shards, through the eval path."""
     ds = tf.data.TFRecordDataset(files).map(records.parse_example).skip(skip).take(take)
-    ds = ds.map(lambda r: (r["id"], eval_transform(decode_image(r["image"]), data_cfg)),
+    ds = ds.map(lambda r: (r["id"], eval_views(decode_image(r["image"]), data_cfg)),
                 num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.ignore_errors()

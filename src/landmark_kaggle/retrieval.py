@@ -1,18 +1,17 @@
-"""Retrieval re-ranking: find each test image's nearest indexed training images, and vote.
+"""Retrieval for ``predict``: index folders loaded once, assembled into one device-resident index, and scored.
 
 An index is an embeddings store written by ``embed-index`` (``embed_index.py``)
-plus ``landmark_ids.npy``; ``RetrievalIndex`` loads one for search (rows with
-landmark id -1 are non-landmark distractors).
+plus ``landmark_ids.npy`` (-1: a non-landmark row), ``index.json`` and, when
+it was built with ``--nonlandmarks``, ``nonlandmark_sim.npy``: float32 [N], B
+of the GLR2020 1st-place rule, each row's mean top-5 similarity to that
+non-landmark index (NaN for a row that could not be read).
 
-Scoring (every top GLDv2 solution did a version of this): for a query q with
-cosine similarities s_1..s_k to its k nearest index rows, a landmark's
-retrieval score is (1/k)·Σ s_i over the neighbours that carry it, so it lies in
-[-1, 1] like the classifier's cos θ; the final score of each landmark is
-(1 - w)·cos θ + w·retrieval. Non-landmark suppression subtracts
-λ·max(0, d - r) from the confidence, where d is the mean top-k similarity to
-the distractor images and r the mean top-k similarity to the index (or, with
-no index, the predicted class's cos θ): an image is pushed down the ranking
-when it resembles known non-landmarks more than any landmark.
+``Retrieval`` puts together what ``predict`` searches: the bundled index, the
+competition's own train set embedded at predict time, or both (an image id in
+both counts once, from the competition); restricted to the landmarks of the
+competition's ``train.csv`` when asked; placed once on the device
+(``search.DeviceIndex``). ``Retrieval.score`` applies the chosen rule of
+``scoring.py`` to a block of queries.
 """
 
 from __future__ import annotations
@@ -22,99 +21,171 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_kaggle.embstore import check_probe, open_store
+from landmark_kaggle import scoring
+from landmark_kaggle.embstore import open_store
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.search import DeviceIndex, mean_top_similarity
 
 LANDMARK_IDS = "landmark_ids.npy"
 INDEX_META = "index.json"
-
-
-def search(queries: np.ndarray, matrix: np.ndarray, k: int, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k cosine similarity of each query against the rows of matrix (both L2-normalised), best first.
-
-    The index is scanned in blocks, so memory stays at Q x block_rows and a
-    float16 index is widened one block at a time; each block's best k join the
-    running candidates. TensorFlow does the matmul and top-k: on this CPU it is
-    2.4x faster than numpy's matmul + argpartition (benchmarks/predict.py), and
-    in a GPU kernel it runs on the GPU with no change.
-    """
-    import tensorflow as tf
-
-    queries = tf.constant(np.asarray(queries, np.float32))
-    n = len(matrix)
-    k = min(k, n)
-    cand_s, cand_i = [], []
-    for start in range(0, n, block_rows):
-        block = tf.cast(tf.constant(np.asarray(matrix[start:start + block_rows])), tf.float32)
-        sims, rows = tf.math.top_k(tf.matmul(queries, block, transpose_b=True), min(k, int(block.shape[0])))
-        cand_s.append(sims)
-        cand_i.append(tf.cast(rows, tf.int64) + start)
-    sims, pos = tf.math.top_k(tf.concat(cand_s, axis=1), k)
-    rows = tf.gather(tf.concat(cand_i, axis=1), pos, batch_dims=1)
-    return sims.numpy(), rows.numpy()
-
-
-def vote(sims: np.ndarray, rows: np.ndarray, row_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dense [Q, C] retrieval scores: each neighbour adds sim / k to its class (rows with label -1 add nothing)."""
-    q, k = sims.shape
-    scores = np.zeros((q, num_classes), np.float32)
-    labels = row_labels[rows]
-    keep = labels >= 0
-    qi = np.broadcast_to(np.arange(q)[:, None], labels.shape)
-    np.add.at(scores, (qi[keep], labels[keep]), sims[keep] / k)
-    return scores
-
-
-def combine(cosines: np.ndarray, retrieval: np.ndarray | None, weight: float) -> np.ndarray:
-    if retrieval is None or weight == 0:
-        return np.asarray(cosines, np.float32)
-    return (1.0 - weight) * np.asarray(cosines, np.float32) + weight * retrieval
-
-
-def nonlandmark_penalty(queries: np.ndarray, distractors: np.ndarray, k: int, weight: float,
-                        reference: np.ndarray | float = 0.0) -> np.ndarray:
-    """How much to lower each query's confidence for looking more like a non-landmark than a landmark.
-
-    ``reference`` is how close the query is to landmarks (its mean top-k
-    similarity to the index, or its class's cos θ); only the part of the
-    distractor similarity above it counts, so a model whose embeddings are all
-    alike does not scramble the ranking with a uniform penalty.
-    """
-    sims, _ = search(queries, distractors, k)
-    return weight * np.maximum(sims.mean(axis=1) - reference, 0.0)
+NONLANDMARK_SIM = "nonlandmark_sim.npy"
+FINITE_CHUNK = 1 << 18
 
 
 class RetrievalIndex:
-    """An index ready for search: float32 unit rows (failed rows dropped) and their model labels."""
+    """An index folder in host memory: its finite float16 rows, their landmark ids and image ids, B if stored."""
 
     def __init__(self, path: str | os.PathLike, label_map=None):
+        import json
+
         store = open_store(path)
         self.path = Path(path)
         self.meta = store.meta
+        info = self.path / INDEX_META
+        self.info = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
         lids_path = self.path / LANDMARK_IDS
         if not lids_path.is_file():
             raise UserError(f"{self.path}: no {LANDMARK_IDS}; is this an embed-index output?")
         lids = np.load(lids_path)
         if len(lids) != len(store):
             raise UserError(f"{lids_path}: {len(lids)} landmark ids for {len(store)} rows")
-        # Kept float16 in memory (1.6 GB at GLDv2 scale); search widens one block at a time.
-        matrix = np.asarray(store.matrix)
-        ok = np.isfinite(matrix).all(axis=1)
-        self.dropped = int((~ok).sum())
-        self.matrix, self.landmark_ids, self.ids = matrix[ok], lids[ok], store.ids[ok]
+        # Checked in chunks: a whole-matrix isfinite would be another 0.8 GB at GLDv2 scale.
+        self.ok = np.concatenate([np.isfinite(store.matrix[s:s + FINITE_CHUNK]).all(axis=1)
+                                  for s in range(0, len(store), FINITE_CHUNK)] or [np.zeros(0, bool)])
+        self.dropped = int((~self.ok).sum())
+        # float16, still the memory map when every row is usable: placing it on the device reads it once, and the
+        # host keeps no second 1.6 GB copy at GLDv2 scale.
+        self.matrix = store.matrix if not self.dropped else store.matrix[self.ok]
+        self.landmark_ids, self.ids = lids[self.ok], store.ids[self.ok]
         self.probe = store.probe()
-        self.labels = np.full(len(self.landmark_ids), -1, np.int64)
-        self.unknown = 0
-        if label_map is not None:
-            lookup = dict(zip(label_map["landmark_id"].tolist(), label_map["label"].tolist(), strict=True))
-            self.labels = np.array([lookup.get(int(v), -1) for v in self.landmark_ids], np.int64)
-            # Rows of landmarks the model does not know cannot vote for a class it can output.
-            self.unknown = int(((self.labels < 0) & (self.landmark_ids >= 0)).sum())
+        b_path = self.path / NONLANDMARK_SIM
+        self.b = np.load(b_path)[self.ok].astype(np.float32) if b_path.is_file() else None
+        self.labels, self.unknown = labels_for(self.landmark_ids, label_map)
 
     def __len__(self) -> int:
         return len(self.matrix)
 
-    def check_model(self, probe_embedding: np.ndarray, model_sha: str) -> None:
-        # Same file: nothing to check. Another file may hold the same weights; the probe tells.
-        if self.meta.get("weights_sha256") != model_sha and self.probe is not None:
-            check_probe(self.path, self.probe, probe_embedding, self.meta.get("backend", "?"))
+
+def labels_for(landmark_ids: np.ndarray, label_map) -> tuple[np.ndarray, int]:
+    """Model labels of landmark ids (-1 where the model has no such class) and how many landmark rows got -1."""
+    if label_map is None:
+        return np.full(len(landmark_ids), -1, np.int64), 0
+    known = label_map["landmark_id"].to_numpy(np.int64)
+    pos = np.minimum(np.searchsorted(known, landmark_ids), max(len(known) - 1, 0))
+    hit = (known[pos] == landmark_ids) if len(known) else np.zeros(len(landmark_ids), bool)
+    labels = np.where(hit, label_map["label"].to_numpy(np.int64)[pos], -1)
+    # Rows of landmarks the model does not know cannot vote for a class it can output.
+    return labels, int(((labels < 0) & (landmark_ids >= 0)).sum())
+
+
+def load_checked(path, embedder, label_map=None) -> RetrievalIndex:
+    """An index folder, refused unless the models of ``embedder`` (same order) made it."""
+    index = RetrievalIndex(path, label_map)
+    embedder.check_index(index.path, {**index.meta, **index.info}, index.probe)
+    return index
+
+
+class Retrieval:
+    """One assembled index (rows, labels, B) and the non-landmark rows, resident on the device.
+
+    ``parts`` in priority order, last wins on a shared image id (bundle, then
+    competition); ``allowed`` restricts predictions to those landmark ids;
+    ``own_b`` names parts whose B may be computed here (the competition's rows,
+    embedded this run); any other part must bring B from ``embed-index --nonlandmarks``.
+    """
+
+    def __init__(self, label_map, inference, scale: float, parts: list[RetrievalIndex],
+                 distractors: RetrievalIndex | None = None, allowed: np.ndarray | None = None,
+                 own_b: tuple[RetrievalIndex, ...] = ()):
+        self.inf, self.scale = inference, float(scale)
+        self.rule = inference.scoring
+        self.allowed_classes = None
+        if allowed is not None:
+            self.allowed_classes = np.isin(label_map["landmark_id"].to_numpy(np.int64), allowed)
+            if not self.allowed_classes.any():
+                raise UserError(f"none of the {len(allowed)} landmarks of the competition's train.csv is among the "
+                                f"model's {len(label_map)} classes: nothing could be predicted")
+        self.counts = {"index_rows": 0, "index_rows_dropped": sum(p.dropped + p.unknown for p in parts),
+                       "index_rows_duplicate": 0, "index_rows_restricted": 0,
+                       "distractor_rows": len(distractors) if distractors is not None else 0}
+        self.dis = DeviceIndex(distractors.matrix) if distractors is not None and len(distractors) else None
+        if self.rule != "linear" and not parts:
+            raise UserError(f"inference.scoring={self.rule} needs a retrieval index: --index INDEX (embed-index), "
+                            "or inference.index_from=competition|both with the competition folder")
+        if self.rule == "glr2020_1st" and self.dis is None:
+            raise UserError("inference.scoring=glr2020_1st needs the non-landmark index for C: --distractors DIR "
+                            "(embed-index --model … --images NONLANDMARK_IMAGES --out DIR)")
+        self.index, self.labels, self.b = None, None, None
+        if parts:
+            self._assemble(parts, distractors, allowed, own_b)
+
+    def _assemble(self, parts, distractors, allowed, own_b) -> None:
+        later: set[str] = set()
+        keep = []
+        for part in reversed(parts):
+            mask = ~np.isin(part.ids, list(later)) if later else np.ones(len(part), bool)
+            self.counts["index_rows_duplicate"] += int((~mask).sum())
+            if allowed is not None:
+                ok = np.isin(part.landmark_ids, allowed) | (part.landmark_ids < 0)
+                self.counts["index_rows_restricted"] += int((mask & ~ok).sum())
+                mask &= ok
+            later.update(part.ids.tolist())
+            keep.append(mask)
+        keep.reverse()
+        if self.rule == "glr2020_1st":
+            for part in parts:
+                self._check_b(part, distractors, part in own_b)
+        pieces = [(p.matrix if m.all() else p.matrix[m]) for p, m in zip(parts, keep, strict=True)]
+        matrix = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if not len(matrix):
+            raise UserError("the retrieval index is empty after restriction to the competition's landmarks")
+        self.labels = np.concatenate([p.labels[m] for p, m in zip(parts, keep, strict=True)])
+        if self.rule == "glr2020_1st":
+            self.b = np.concatenate([p.b[m] for p, m in zip(parts, keep, strict=True)])
+        self.index = DeviceIndex(matrix)
+        self.counts["index_rows"] = len(self.index)
+
+    def _check_b(self, part: RetrievalIndex, distractors: RetrievalIndex, computable: bool) -> None:
+        """B must exist and come from the non-landmarks that give C, or be computed now for the run's own rows."""
+        if part.b is None and computable:
+            part.b = mean_top_similarity(part.matrix, self.dis, scoring.FIRST_B_TOP).astype(np.float32)
+            return
+        if part.b is None:
+            raise UserError(f"{part.path}: no {NONLANDMARK_SIM} (B of the GLR2020 1st-place rule); build it with "
+                            f"embed-index --model … --data … --out {part.path} --nonlandmarks {distractors.path}")
+        made_from = part.info.get("nonlandmarks", {}).get("ids_sha256")
+        if made_from != distractors.meta.get("ids_sha256"):
+            raise UserError(f"{part.path}/{NONLANDMARK_SIM} was computed against other non-landmarks "
+                            f"({part.info.get('nonlandmarks', {}).get('path')}) than --distractors {distractors.path}; "
+                            "B and C must use one set: rerun embed-index with --nonlandmarks "
+                            f"{distractors.path}")
+
+    def neighbours(self) -> int:
+        k = self.inf.topk_neighbours
+        return {"linear": k, "glr2020_1st": max(k, scoring.FIRST_KEEP),
+                "glr2020_3rd": scoring.THIRD_NEIGHBOURS}[self.rule]
+
+    def score(self, cos: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the model label predicted (-1: none) and its confidence, under ``inference.scoring``.
+
+        ``cos`` may be changed in place (restricted classes lowered): it is the caller's scratch block.
+        """
+        sims, labels = None, None
+        if self.index is not None:
+            sims, rows = self.index.search(emb, self.neighbours())
+            labels = self.labels[rows]
+        if self.rule == "glr2020_1st":
+            c = mean_top_similarity(emb, self.dis, scoring.FIRST_C_TOP)
+            return scoring.glr2020_1st(sims, labels, self.b[rows], c)
+        if self.rule == "glr2020_3rd":
+            # The probability is the classifier's own: a softmax over every class, restricted or not.
+            return scoring.glr2020_3rd(cos, self.scale, sims, labels)
+        if self.allowed_classes is not None:
+            # Out of the running (cos θ >= -1 everywhere else), in place: the block is predict's own.
+            cos[:, ~self.allowed_classes] = -2.0
+        label, conf = scoring.linear(cos, sims, labels, self.inf.retrieval_weight)
+        if self.dis is not None:
+            dsims, _ = self.dis.search(emb, self.inf.topk_neighbours)
+            ref = sims.mean(axis=1) if sims is not None else cos[np.arange(len(label)), label]
+            conf = conf - scoring.nonlandmark_penalty(dsims, self.inf.nonlandmark_weight, ref)
+        return label, conf

@@ -6,7 +6,7 @@ minutes where the image model takes hours. Labels come from the GLDv2 data
 folder's train.csv (or train_clean.csv); store rows without a label and
 labelled images without a stored vector are counted and reported, never
 dropped silently. A fixed fraction of images (by id hash) is held out for the
-top-k validation metrics. Writes MODEL_DIR with model.keras (input: one
+top-k validation metrics. Writes MODEL_DIR with model.weights.h5 (input: one
 embedding vector), config.json, label_map.csv, history.csv and plots/.
 
 With many classes (GLDv2: 81,313) training uses Partial FC (An et al. 2021,

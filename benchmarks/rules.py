@@ -1,0 +1,99 @@
+"""GAP of every scoring rule × flip TTA × one model or a two-model ensemble, on the embedded sample (issue 15).
+
+The sample's test images are random views of the very photos its training
+images are views of, and its non-landmark test images are views of the photos
+the distractor index is made from: retrieval is flattered here, and with a
+few dozen test images one image moves GAP by a few points. This table says the
+options run end to end and how they move on this data, not which one wins on
+GLDv2.
+
+Two tiny EfficientNetV2-B0 models are trained here on every training image
+(helpers.train_tiny_model): A at 32 px, B at 40 px, with seeds from ``--seed``. For each
+model set and TTA mode the training shards and the non-landmark views are
+indexed with that same set and mode (B of the 1st-place rule against those
+non-landmarks), and ``predict`` runs with the classifier alone and with each rule.
+
+    python benchmarks/rules.py [--out runs/rules] [--epochs 12] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers import distractor_folder, train_tiny_model, write_shards  # noqa: E402
+
+RULES = ("linear", "glr2020_1st", "glr2020_3rd")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/rules")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--classes", type=int, default=14)
+    parser.add_argument("--test-per-class", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0, help="sample seed; the models get 2·seed and 2·seed + 1")
+    args = parser.parse_args()
+
+    import keras
+
+    from landmark_kaggle.embed_index import build_index
+    from landmark_kaggle.predict import predict
+    from landmark_kaggle.sample import make_sample
+    from landmark_kaggle.submission import read_solution, read_submission, score
+
+    out = Path(args.out)
+    root = out / "sample"
+    info = make_sample(root, num_classes=args.classes, max_per_class=20, test_per_class=args.test_per_class,
+                       nonlandmark_test=args.classes * args.test_per_class, image_size=(48, 64), seed=args.seed)
+    tfrec = out / "tfrec"
+    if not (tfrec / "label_map.csv").is_file():
+        write_shards(root, tfrec)
+    dis_images = out / "distractor_images"
+    if not dis_images.is_dir():
+        distractor_folder(dis_images, n=48)
+    models = {}
+    for name, seed, size in (("A", 2 * args.seed, 32), ("B", 2 * args.seed + 1, 40)):
+        folder = out / f"model_{name}"
+        if not (folder / "label_map.csv").is_file():
+            keras.utils.set_random_seed(seed)
+            train_tiny_model(root, folder, epochs=args.epochs, image_size=size)
+        models[name] = folder
+    solution = read_solution(root / "solution.csv")
+    table = []
+    for names in (("A",), ("B",), ("A", "B")):
+        dirs = [models[n] for n in names]
+        for tta in ("none", "flip"):
+            tag = "+".join(names) + f"-{tta}"
+            sets = [f"inference.tta={tta}"]
+            dis, idx = out / "indexes" / f"dis-{tag}", out / "indexes" / f"index-{tag}"
+            build_index(dirs, dis, images=str(dis_images), overrides=sets)
+            build_index(dirs, idx, data=str(tfrec), nonlandmarks=dis, overrides=sets)
+            row = {"models": " + ".join(names), "tta": tta}
+            for rule in ("classifier", *RULES):
+                sub = out / "submissions" / f"{tag}-{rule}.csv"
+                extra = {} if rule == "classifier" else {"index": idx, "distractors": dis}
+                predict(dirs, sub, images=root / "test", ids_csv=root / "sample_submission.csv",
+                        overrides=[*sets, f"inference.scoring={'linear' if rule == 'classifier' else rule}"],
+                        **extra)
+                row[rule] = score(solution, read_submission(sub))["gap"]
+            table.append(row)
+            print(row, flush=True)
+    n_test = len(solution)
+    n_land = int((solution["landmarks"].map(len) > 0).sum())
+    print(f"\nsample seed {args.seed}: {info.get('train_images', '?')} training images, {args.classes} landmarks, "
+          f"{n_test} test images ({n_land} landmark, {n_test - n_land} non-landmark); models: A = EfficientNetV2-B0 "
+          f"32 px seed {2 * args.seed}, B = EfficientNetV2-B0 40 px seed {2 * args.seed + 1}, {args.epochs} epochs "
+          "each, 32-d neck")
+    print("\n| models | TTA | classifier alone | linear | glr2020_1st | glr2020_3rd |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in table:
+        print(f"| {r['models']} | {r['tta']} | {r['classifier']:.4f} | {r['linear']:.4f} | {r['glr2020_1st']:.4f} "
+              f"| {r['glr2020_3rd']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

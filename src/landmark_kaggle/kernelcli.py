@@ -1,0 +1,256 @@
+"""The ``landmark-kaggle kernels`` command: the whole Kaggle loop through the real ``kaggle`` client.
+
+``bundle`` packs the wheel, model and indexes as dataset folders, ``datasets``
+uploads them (``kaggle datasets create`` with ``--new``, else ``version``;
+``--parts FOLDER``: every part of a local ``tfrec-builder write`` instead),
+``push NAME`` renders kernel NAME (submission | train | build-embed |
+build-write; ``--part k``, ``--shards``, ``--args``: ``kernels_build``) and runs
+``kaggle kernels push -p``, ``status NAME`` and ``output NAME`` ask how a
+pushed kernel runs and download what it wrote, and ``submit`` makes the
+code-competition submission of a version of the submission kernel
+(``kaggle competitions submit landmark-recognition-2021 -k USER/SLUG -v N -f
+submission.csv -m MSG``); without ``--version`` it takes the version the last
+``push`` of that kernel reported.
+
+The client prints some failures and still exits 0 (``Kernel push error: …``),
+and it accepts a push whose dataset or competition sources Kaggle refused,
+printing only a note: the kernel would run without its data. Both are
+failures here, one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from landmark_kaggle import kernels, kernels_build
+from landmark_kaggle.fileio import atomic_write_json
+from landmark_kaggle.kernels import KernelError, kaggle_username
+from landmark_kaggle.paths import COMPETITION
+
+# What `kernels push` leaves beside the rendered kernel: which version Kaggle made of it.
+PUSH_RECORD = "pushed.json"
+PUSHED = re.compile(r"Kernel version (\d+) successfully pushed")
+# kaggle_api_extended.kernels_push_cli's notes about sources Kaggle did not attach (kaggle 2.2.5).
+REFUSED_SOURCES = re.compile(r"^The following are not valid (\w+) sources and could not be added to the kernel: (.*)$",
+                             re.MULTILINE)
+STATUS = re.compile(r'has status "(?:KernelWorkerStatus\.)?([A-Z_]+)"')
+FAILURE = re.compile(r'^Failure message: "(.*)"$', re.MULTILINE)
+# Kernel states that are not a failure (kagglesdk KernelWorkerStatus).
+FINE = ("QUEUED", "RUNNING", "COMPLETE", "NEW_SCRIPT")
+
+
+def kaggle_command() -> list[str]:
+    exe = Path(sys.executable).with_name("kaggle")
+    return [str(exe)] if exe.exists() else ["kaggle"]
+
+
+def run_kaggle(args: list[str]) -> str:
+    """Run the real kaggle client; its errors become one clear line."""
+    proc = subprocess.run(kaggle_command() + args, capture_output=True, text=True)
+    out = (proc.stdout + proc.stderr).strip()
+    # The client prints some failures ("Kernel push error: ...") and still exits 0.
+    if proc.returncode != 0 or " error:" in proc.stdout.lower() or proc.stdout.lower().startswith("error"):
+        said = " ".join(ln.strip() for ln in out.splitlines() if ln.strip())
+        raise KernelError(f"`kaggle {' '.join(args)}` failed: {said[-800:] if said else proc.returncode}")
+    return out
+
+
+def rendered_folder(name: str, out: str | Path, part: int | None = None) -> Path:
+    """Where ``push`` renders kernel NAME: one folder per build-write part, each with its push record."""
+    return Path(out) / (f"{name}-part-{part}" if part is not None else name)
+
+
+def render(name: str, user: str, out: str | Path, accelerator: str | None = None, continue_last: bool = False,
+           **variant) -> Path:
+    return kernels.render_kernel(name, user, rendered_folder(name, out, variant.get("part")),
+                                 accelerator=accelerator, continue_last=continue_last, **variant)
+
+
+def push(name: str, user: str, out: str | Path, accelerator: str | None = None,
+         continue_last: bool = False, **variant) -> tuple[dict, str]:
+    """Render and push kernel NAME; returns the push record (kernel, version, folder) and the client's words.
+
+    ``continue_last`` (train, build-embed) attaches the kernel's own last output, so the new version
+    continues it; ``variant``: ``part``, ``shards``, ``kernel_args`` (``kernels_build``).
+
+    Raises when Kaggle refused any dataset, competition or kernel source: the version exists then, but
+    it runs without that data.
+    """
+    folder = render(name, user, out, accelerator, continue_last, **variant)
+    cmd = ["kernels", "push", "-p", str(folder)]
+    if accelerator:
+        cmd += ["--accelerator", accelerator]
+    ref = json.loads((folder / "kernel-metadata.json").read_text(encoding="utf-8"))["id"]
+    text = run_kaggle(cmd)
+    refused = REFUSED_SOURCES.findall(text)
+    version = PUSHED.search(text)
+    if refused:
+        what = "; ".join(f"{kind} {sources}" for kind, sources in refused)
+        raise KernelError(f"Kaggle refused these sources of {ref}: {what}. The version "
+                          f"{version.group(1) if version else '?'} it made runs without them: upload the "
+                          "datasets (`kernels datasets --new`) or accept the competition's rules, then push again")
+    record = {"kernel": ref, "version": int(version.group(1)) if version else None, "folder": str(folder)}
+    atomic_write_json(folder / PUSH_RECORD, record)
+    return record, text
+
+
+def pushed_version(name: str, out: str | Path) -> int:
+    """The version the last ``push`` of kernel NAME into ``out`` reported."""
+    path = Path(out) / name / PUSH_RECORD
+    try:
+        version = json.loads(path.read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError):
+        version = None
+    if not isinstance(version, int):
+        raise KernelError(f"no --version given and no pushed version recorded in {path}; "
+                          f"push the kernel first (`landmark-kaggle kernels push {name}`) or pass --version N")
+    return version
+
+
+def submit(ref: str, version: int, message: str, file_name: str = "submission.csv",
+           competition: str = COMPETITION) -> str:
+    """The code-competition submission of version ``version`` of kernel ``ref``: the file it wrote is scored."""
+    if version < 1:
+        raise KernelError(f"--version {version}: kernel versions count from 1")
+    return run_kaggle(["competitions", "submit", competition, "-k", ref, "-v", str(version),
+                       "-f", file_name, "-m", message])
+
+
+def status(ref: str) -> tuple[str, str]:
+    """(state, failure message) of kernel ``ref``'s latest run, e.g. ("COMPLETE", "")."""
+    text = run_kaggle(["kernels", "status", ref])
+    found = STATUS.search(text)
+    if not found:
+        raise KernelError(f"`kaggle kernels status {ref}` answered something unexpected: {text[-300:]!r}")
+    failure = FAILURE.search(text)
+    return found.group(1), failure.group(1) if failure else ""
+
+
+def output(ref: str, dest: str | Path) -> list[Path]:
+    """Download everything kernel ``ref``'s latest run wrote (and its log) into ``dest``; returns the files."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    before = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()}
+    run_kaggle(["kernels", "output", ref, "-p", str(dest), "-o"])
+    return sorted(p for p in dest.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns)
+
+
+def upload_datasets(out: str | Path, new: bool, message: str, parts: str | Path | None = None) -> list[str]:
+    """Upload the bundle folders in ``out``, or every part folder of the local build ``parts``."""
+    out = Path(out)
+    if parts is not None:
+        found = kernels_build.part_folders(parts)
+    else:
+        found = [out / slug for slug in kernels.DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
+    if not found:
+        raise KernelError(f"no bundle folders in {out}; run `landmark-kaggle kernels bundle` first")
+    said = []
+    for folder in found:
+        kernels.scan_for_credentials(folder)
+        cmd = (["datasets", "create", "-p", str(folder)] if new
+               else ["datasets", "version", "-p", str(folder), "-m", message])
+        said.append(run_kaggle(cmd))
+    return said
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    user_help = "Kaggle user name (default: KAGGLE_USERNAME or the kaggle config)"
+    name_help = f"{' | '.join(kernels.KERNEL_TEMPLATES)}, or owner/kernel-slug"
+    b = sub.add_parser("bundle", help="build the wheel dataset folder and pack the model (and index) folders")
+    b.add_argument("--model", help="model folder (model.weights.h5, config.json, label_map.csv)")
+    b.add_argument("--index", help="retrieval index folder from embed-index --data")
+    b.add_argument("--distractors", help="non-landmark index folder from embed-index --images")
+    b.add_argument("--out", default="bundles", help="where the dataset folders go (default: bundles)")
+    b.add_argument("--user", help=user_help)
+    d = sub.add_parser("datasets", help="upload the bundle folders with `kaggle datasets create/version`")
+    d.add_argument("--out", default="bundles", help="the folder `kernels bundle` wrote")
+    d.add_argument("--new", action="store_true", help="first upload: `datasets create` instead of `version`")
+    d.add_argument("--message", default="landmark-kaggle update", help="version notes")
+    d.add_argument("--parts", metavar="FOLDER",
+                   help="upload each part folder of a local `tfrec-builder write` (FOLDER holds them, or is one) "
+                        "as its own dataset, instead of the bundle folders")
+    p = sub.add_parser("push", help="render a kernel's metadata for your user, check it, run `kaggle kernels push`")
+    p.add_argument("name", choices=sorted(kernels.KERNEL_TEMPLATES))
+    p.add_argument("--user", help=user_help)
+    p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
+    p.add_argument("--continue", dest="continue_last", action="store_true",
+                   help="train, build-embed: attach this kernel's last version's output, so the new version "
+                        "continues it (the checkpoint, the embeddings store)")
+    p.add_argument("--part", type=int, metavar="K",
+                   help=f"build-write: the kernel for part K (slug {kernels_build.WRITE_SLUG.format(k='K')})")
+    p.add_argument("--shards", metavar="N|FOLDER",
+                   help="train: attach the outputs of the N build-write kernels, or the part datasets of a local "
+                        "build FOLDER (their dataset-metadata.json ids), instead of the one shard dataset")
+    p.add_argument("--args", dest="kernel_args", metavar="'OPTIONS'",
+                   help="options appended to the kernel's command, written into the pushed script (e.g. "
+                        "--args '--image-size 300'); a version that continues another needs the same ones")
+    p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
+    p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
+    st = sub.add_parser("status", help="the state of a pushed kernel's latest run (exit 1 when it failed)")
+    st.add_argument("name", help=name_help)
+    st.add_argument("--user", help=user_help)
+    o = sub.add_parser("output", help="download the files a kernel's latest run wrote, and its log")
+    o.add_argument("name", help=name_help)
+    o.add_argument("--out", help="where they go (default: output/<kernel-slug>)")
+    o.add_argument("--user", help=user_help)
+    s = sub.add_parser("submit", help="submit a version of the submission kernel to the competition")
+    s.add_argument("--kernel", default="submission", help=f"{name_help} (default: submission)")
+    s.add_argument("--version", type=int, help="kernel version (default: the one the last `kernels push` made)")
+    s.add_argument("--message", help="submission description (default: kernel and version)")
+    s.add_argument("--file", default="submission.csv", help="the file the kernel writes (default: submission.csv)")
+    s.add_argument("--pushed", default="bundles/kernels", help="where `kernels push` rendered (and recorded) kernels")
+    s.add_argument("--user", help=user_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "bundle":
+        folders = kernels.bundle(args.out, kaggle_username(args.user), args.model, args.index, args.distractors)
+        for slug, folder in folders.items():
+            print(f"{slug}: {folder} ({sum(1 for p in folder.iterdir() if p.is_file())} files)")
+        print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")
+        return 0
+    if args.action == "datasets":
+        said = upload_datasets(args.out, args.new, args.message, args.parts)
+        print("\n".join(said))
+        print(f"uploaded {len(said)} datasets")
+        return 0
+    user = kaggle_username(args.user)
+    if args.action == "push":
+        variant = dict(part=args.part, shards=args.shards, kernel_args=args.kernel_args)
+        if args.dry_run:
+            folder = render(args.name, user, args.out, args.accelerator, args.continue_last, **variant)
+            print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
+            return 0
+        record, text = push(args.name, user, args.out, args.accelerator, args.continue_last, **variant)
+        print(text)
+        print(f"pushed {record['kernel']} version {record['version']}; "
+              f"follow it with `landmark-kaggle kernels status {args.name if args.part is None else record['kernel']}`")
+        return 0
+    if args.action == "status":
+        ref = kernels.kernel_ref(args.name, user)
+        state, failure = status(ref)
+        print(f"{ref}: {state.lower()}" + (f": {failure}" if failure else ""))
+        return 0 if state in FINE else 1
+    if args.action == "output":
+        ref = kernels.kernel_ref(args.name, user)
+        dest = Path(args.out or Path("output") / ref.split("/")[1])
+        files = output(ref, dest)
+        print(f"{ref}: {len(files)} files into {dest}" + (f": {', '.join(p.name for p in files)}" if files else ""))
+        return 0
+    ref = kernels.kernel_ref(args.kernel, user)
+    if args.version is not None:
+        version = args.version
+    elif "/" in args.kernel:
+        raise KernelError(f"--kernel {args.kernel}: give --version N (only kernels pushed from here are recorded)")
+    else:
+        version = pushed_version(args.kernel, args.pushed)
+    text = submit(ref, version, args.message or f"landmark-kaggle {ref} version {version}", args.file)
+    print(text)
+    print(f"submitted {ref} version {version} ({args.file}) to {COMPETITION}")
+    return 0

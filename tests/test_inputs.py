@@ -1,0 +1,167 @@
+"""Kaggle inputs found by what they hold (``paths.find_inputs``) in every layout, and ``predict --kaggle``'s rules.
+
+The trees are made of the marker files each kind is recognised by; the
+submission kernel runs on real trees in ``test_kaggle_image.py`` and the
+launchers in ``test_kernels.py``.
+"""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from helpers import LAYOUTS, input_path
+
+from landmark_kaggle import embstore, kernels, paths, predict, retrieval, train
+from landmark_kaggle.errors import UserError
+from landmark_kaggle.model import MODEL_FOLDER_FILES, WEIGHTS_FILE
+from tfrec_builder import clean
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _touch(path: Path, text: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _model(folder: Path) -> Path:
+    for name in MODEL_FOLDER_FILES:
+        _touch(folder / name)
+    return folder
+
+
+def _tree(root: Path, layout: str) -> dict:
+    """One of everything, each where ``layout`` mounts it."""
+    at = {kind: input_path(root, layout, src, slug) for kind, src, slug in [
+        ("competition", "competition", paths.COMPETITION), ("wheel", "dataset", "landmark-kaggle-wheel"),
+        ("model", "model", "landmark-kaggle-model"), ("index", "dataset", "landmark-kaggle-index"),
+        ("distractors", "dataset", "landmark-kaggle-distractors"), ("shards", "dataset", "landmark-kaggle-tfrec"),
+        ("weights", "dataset", "efficientnetv2-weights"), ("train_output", "dataset", "landmark-kaggle-train"),
+        ("build_embed", "dataset", "landmark-kaggle-build-embed")]}
+    comp = at["competition"]
+    _touch(comp / "sample_submission.csv", "id,landmarks\n")
+    _touch(comp / "train.csv", "id,landmark_id\n")
+    _touch(comp / "test" / "0" / "1" / "2" / "0123456789abcdef.jpg")
+    # A wheel inside an image tree is never looked at (GLDv2's a/b/c levels under train/, test/, index/).
+    _touch(comp / "train" / "a" / "b" / "c" / "landmark_kaggle-9.9-py3-none-any.whl")
+    wheel = _touch(at["wheel"] / "landmark_kaggle-0.1.0-py3-none-any.whl")
+    _model(at["model"])
+    _touch(at["index"] / "index.json", json.dumps({"rows": 10, "landmarks": 4}))
+    _touch(at["distractors"] / "index.json", json.dumps({"rows": 6, "landmarks": 0}))
+    parts = [at["shards"] / "part-000", at["shards"] / "part-001"]
+    for part in parts:
+        _touch(part / "label_map.csv")
+        _touch(part / "train-00000-of-00001.tfrec")
+    weights = _touch(at["weights"] / "efficientnetv2-s_notop.h5")
+    out = at["train_output"]
+    _touch(out / "model" / "checkpoint" / "state.json", "{}")
+    _model(out / "model")
+    _touch(out / "model" / "checkpoint" / "state-000000004.weights.h5")  # a checkpoint, not backbone weights
+    # The build-embed kernel's output: its store and the clean beside it.
+    store, clean = at["build_embed"] / "embeddings", at["build_embed"] / "clean"
+    for name in paths.STORE_MARKERS:
+        _touch(store / name)
+    _touch(store / "chunks" / "00000.json")
+    for name in (*paths.CLEAN_MARKERS, "classes.csv"):
+        _touch(clean / name)
+    return {"embeddings": [store], "clean": [clean],
+            "competition": [comp], "wheel": [wheel], "model": [at["model"], out / "model"], "index": [at["index"]],
+            "distractors": [at["distractors"]], "shards": parts, "weights": [weights],
+            "train_output": [out / "model"]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_kind_is_found_by_content_in_every_layout(tmp_path, layout):
+    expected = _tree(tmp_path, layout)
+    found = paths.find_inputs(tmp_path)
+    assert dict(found) == {kind: sorted(expected.get(kind, [])) for kind in paths.KINDS}
+    assert found.one("competition") == expected["competition"][0]
+    assert found.every("shards") == expected["shards"]
+    # The kernels' prelude finds the wheel before the package is installed, by the same rules.
+    spec = importlib.util.spec_from_file_location("prelude", REPO / "kernels" / "prelude.py")
+    prelude = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prelude)
+    assert prelude.find_wheels(tmp_path) == found["wheel"]
+    assert (prelude.MAX_DEPTH, prelude.IMAGE_SPLITS) == (paths.MAX_DEPTH, paths.IMAGE_SPLITS)
+
+
+def test_the_markers_are_the_ones_the_writers_use():
+    assert set(paths.MODEL_MARKERS) == set(MODEL_FOLDER_FILES) == set(kernels.MODEL_FILES)
+    assert WEIGHTS_FILE in paths.MODEL_MARKERS
+    assert paths.INDEX_MARKER == retrieval.INDEX_META
+    assert paths.CHECKPOINT_MARKER == (train.CHECKPOINT_DIR, train.STATE_FILE)
+    assert paths.STORE_MARKERS == (embstore.META, embstore.IDS, embstore.MATRIX)
+    assert paths.CLEAN_MARKERS == (clean.OUTLIERS_CSV, clean.REPORT_JSON)
+
+
+def test_two_candidates_none_and_too_deep_are_clear(tmp_path):
+    a = _model(tmp_path / "datasets" / "alice" / "model-a")
+    b = _model(tmp_path / "model-b" / "keras" / "s" / "2")  # one-character variation and version
+    _model(tmp_path / "1" / "2" / "3" / "4" / "5" / "six")  # depth 6: beyond Kaggle's deepest layout
+    _touch(tmp_path / "other" / "index.json", json.dumps({"name": "not ours"}))
+    found = paths.find_inputs(tmp_path)
+    assert found["model"] == [a, b] and found["index"] == found["distractors"] == []
+    with pytest.raises(UserError, match="found 2 candidates for a model folder") as err:
+        found.one("model")
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+    assert found.optional("index") is None
+    with pytest.raises(UserError, match=rf"found no the competition data .* under {tmp_path}"):
+        found.one("competition")
+    with pytest.raises(UserError, match="found no TFRecord shards"):
+        found.every("shards")
+    assert paths.find_inputs(tmp_path / "nope") == {kind: [] for kind in paths.KINDS}
+
+
+def test_links_lead_to_one_candidate_and_loops_end(tmp_path):
+    model = _model(tmp_path / "datasets" / "alice" / "m")
+    wheel = _touch(tmp_path / "datasets" / "alice" / "w" / "landmark_kaggle-0.1.0-py3-none-any.whl")
+    (model / "loop").symlink_to(tmp_path / "datasets")
+    # One source mounted under two names (classic beside new): the same input, not two.
+    (tmp_path / "m").symlink_to(model)
+    (tmp_path / "w").symlink_to(wheel.parent)
+    found = paths.find_inputs(tmp_path)
+    assert found["model"] == [model] and found["wheel"] == [wheel]
+    spec = importlib.util.spec_from_file_location("prelude", REPO / "kernels" / "prelude.py")
+    prelude = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prelude)
+    assert prelude.find_wheels(tmp_path) == [wheel]
+
+
+def _args(**given) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    predict.add_arguments(parser)
+    argv = ["--kaggle"]
+    for key, value in given.items():
+        argv += [f"--{key}", str(value)]
+    return parser.parse_args(argv)
+
+
+def test_predict_kaggle_fills_only_what_the_command_line_left_out(tmp_path, monkeypatch):
+    expected = _tree(tmp_path / "input", "new")
+    monkeypatch.setenv(paths.KAGGLE_INPUT_ENV, str(tmp_path / "input"))
+    monkeypatch.setenv(paths.KAGGLE_WORKING_ENV, str(tmp_path / "working"))
+    # Two model folders are attached (the model and the training output): not a question when --model is given.
+    args = _args(model=tmp_path / "mine", out=tmp_path / "mine.csv", index=tmp_path / "my-index")
+    predict.kaggle_inputs(args)
+    comp = expected["competition"][0]
+    assert (args.model, Path(args.out), Path(args.index)) == ([str(tmp_path / "mine")], tmp_path / "mine.csv",
+                                                                tmp_path / "my-index")
+    assert (args.distractors, args.images, args.ids) == (expected["distractors"][0], comp / "test",
+                                                         comp / "sample_submission.csv")
+    # Images named by hand never get the competition's id list.
+    args = _args(model=tmp_path / "mine", images=tmp_path / "imgs")
+    predict.kaggle_inputs(args)
+    assert (args.images, args.ids, args.out) == (str(tmp_path / "imgs"), None,
+                                                 tmp_path / "working" / "submission.csv")
+    # Left to find them: the model dataset and the training output hold the same weights, so one model ...
+    args = _args(images=tmp_path / "imgs")
+    predict.kaggle_inputs(args)
+    assert args.model == [expected["model"][0]]
+    # ... and two different models are a two-model ensemble, in path order.
+    (expected["model"][1] / WEIGHTS_FILE).write_bytes(b"other weights")
+    args = _args(images=tmp_path / "imgs")
+    predict.kaggle_inputs(args)
+    assert args.model == sorted(expected["model"])
