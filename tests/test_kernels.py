@@ -91,7 +91,7 @@ def _plan(name: str, inp: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     """Run launcher NAME as Kaggle would, with LANDMARK_KAGGLE_PLAN=1: it installs the wheel, finds its
     inputs and prints the command it would run, without running it."""
     working = tmp_path / f"working-{name}"
-    working.mkdir()
+    working.mkdir(exist_ok=True)
     folder = kernels.render_kernel(name, "alice", tmp_path / f"rendered-{name}")
     script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
