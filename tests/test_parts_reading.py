@@ -100,6 +100,33 @@ def test_label_maps_that_differ_are_an_error_naming_both_files(builds, tmp_path,
     assert not (tmp_path / "model").exists()
 
 
+def test_embed_index_and_predict_tfrec_take_the_parts_and_refuse_maps_that_differ(builds, tmp_path, capsys):
+    from landmark_kaggle import predict
+
+    _, parts = builds
+    cfg = config_from_dict({}, ["data.image_size=32"]).data
+    # predict --tfrec over every part's shards: each record once.
+    patterns = [f"{p}/*.tfrec" for p in parts]
+    ids, *_ = predict._test_images(None, patterns, cfg)
+    unsplit = _pairs([str(p) for p in parts], "train", training=False) + _pairs(
+        [str(p) for p in parts], "validation", training=False)
+    assert sorted(ids.tolist()) == sorted(i for i, _ in unsplit)
+    copies = [shutil.copytree(p, tmp_path / p.name) for p in parts]
+    lm = copies[2] / "label_map.csv"
+    lines = lm.read_text().splitlines()
+    label, landmark, count = lines[-1].split(",")
+    lines[-1] = f"{label},{int(landmark) + 1000},{count}"  # the last class is another landmark: another build
+    lm.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match="differ") as err:
+        predict._test_images(None, [f"{c}/*.tfrec" for c in copies], cfg)
+    assert str(copies[0] / "label_map.csv") in str(err.value) and str(lm) in str(err.value)
+    # embed-index says so before it loads any model (there is none here).
+    code = lk_main(["embed-index", "--model", str(tmp_path / "no-model"), "--data", *map(str, copies),
+                    "--out", str(tmp_path / "index")])
+    said = capsys.readouterr().err
+    assert code == 2 and str(copies[0] / "label_map.csv") in said and str(lm) in said and "Traceback" not in said
+
+
 def test_train_embeddings_data_is_the_gldv2_folder_and_a_shard_folder_is_named_as_such(builds, tmp_path, capsys):
     root, parts = builds
     store = tmp_path / "store"
