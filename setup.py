@@ -42,7 +42,10 @@ EXTRAS_REQUIRE = {
         "ninja",
         "wheel",
     ],
-    "dev": ["pytest==9.2.0", "ruff==0.17.6"],
+    # Keras 3's JAX backend (train --backend jax, the JAX tests); on a TPU VM use jax[tpu] instead.
+    # 0.10.2: the newest CPU wheel for Python 3.11 that installs beside TensorFlow 2.21's ml_dtypes.
+    "jax": ["jax==0.10.2", "jaxlib==0.10.2"],
+    "dev": ["pytest==9.2.0", "ruff==0.17.6", "jax==0.10.2", "jaxlib==0.10.2"],
 }
 
 setup(

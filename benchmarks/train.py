@@ -1,6 +1,6 @@
-"""Does the input pipeline keep the model fed? Images/s of the pipeline alone, the step alone, and both.
+"""Training speed: does the input pipeline keep the model fed, and the JAX and TensorFlow backends side by side.
 
-Builds a sample GLDv2 folder (real photos, ``--source-size`` px), writes shards
+Default mode, the feed check. Builds a sample GLDv2 folder (real photos, ``--source-size`` px), writes shards
 with ``tfrec-builder``'s ``write_dataset``, then measures in one run:
 
 1. pipeline alone: the training stream (parse, decode, random resized crop,
@@ -17,24 +17,40 @@ On a GPU machine, the poster's setting with pre-resized shards, once per precisi
 
     python benchmarks/train.py --image-size 384 --source-size 384 --batch 64 --steps 50 --precision mixed_float16
     python benchmarks/train.py --image-size 384 --source-size 384 --batch 64 --steps 50 --precision mixed_bfloat16
+
+``--backends``: the same model trained on the same cached batches (a tf.data
+stream, as the trainer feeds it) by one child process per row, because a
+process holds one Keras backend: TensorFlow, then JAX on each of
+``--jax-devices`` (default ``cpu:1,cpu:2``: 1 host device, then data-parallel
+over 2). Prints steps/s, the first (compiling) steps' time, and the ratios
+first JAX row / TensorFlow and last JAX row / first.
+
+    python benchmarks/train.py --backends [--backbone EfficientNetV2B0] [--image-size 64] [--batch 16]
+
+On a GPU host (JAX bf16 against TensorFlow mixed_float16 at 384 px; the JAX
+row on every GPU):
+
+    python benchmarks/train.py --backends --backbone EfficientNetV2S --image-size 384 --batch 64 --steps 50 \
+        --tf-precision mixed_float16 --jax-precision mixed_bfloat16 --jax-devices gpu
+
+On a Kaggle TPU VM (TensorFlow cannot reach the TPU there: JAX only, all 8 cores):
+
+    python benchmarks/train.py --backends --only jax --backbone EfficientNetV2S --image-size 384 --batch 128 \
+        --steps 50 --jax-precision mixed_bfloat16 --jax-devices tpu
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import tensorflow as tf
-
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.distribute import setup_runtime
-from landmark_kaggle.model import build_model
-from landmark_kaggle.optim import compile_model
-from landmark_kaggle.pipeline import build_dataset, read_data_label_map
-from landmark_kaggle.sample import make_sample
-from tfrec_builder.write import write_dataset
 
 
 def _fit_rate(model, ds, steps: int, batch: int) -> float:
@@ -44,17 +60,18 @@ def _fit_rate(model, ds, steps: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="EfficientNetV2S")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--source-size", type=int, default=256, help="stored JPEG size (records are decoded from it)")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--classes", type=int, default=12)
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
-                    help="Keras dtype policy (auto: bf16 on TPU, fp16 on GPU, float32 on CPU)")
-    args = ap.parse_args()
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def feed_check(args) -> None:
+    import tensorflow as tf
+
+    from landmark_kaggle.distribute import setup_runtime
+    from landmark_kaggle.model import build_model
+    from landmark_kaggle.optim import compile_model
+    from landmark_kaggle.pipeline import build_dataset, read_data_label_map
+    from landmark_kaggle.sample import make_sample
+    from tfrec_builder.write import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -93,6 +110,102 @@ def main() -> None:
     print(f"pipeline + step     {both:9.1f} images/s")
     print(f"ratio both / step   {both / step:9.2f}  (goal >= 0.90)")
     print(f"ratio pipe / step   {pipe / step:9.2f}  (headroom of the input side)")
+
+
+def measure(args) -> dict:
+    """One row of ``--backends``, in this (child) process: the backend is chosen before Keras is imported."""
+    from landmark_kaggle.backend import choose_backend
+
+    cfg = config_from_dict({}, [f"data.image_size={args.image_size}", f"model.backbone={args.backbone}",
+                                "optim.warmup_epochs=0", f"runtime.backend={args.measure}",
+                                f"runtime.devices={args.devices}", f"runtime.precision={args.row_precision}"])
+    choose_backend(cfg.runtime, announce=False)
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from landmark_kaggle.distribute import setup_runtime
+    from landmark_kaggle.model import build_model
+    from landmark_kaggle.optim import compile_model
+
+    r = cfg.runtime
+    rt = setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend)
+    rng = np.random.default_rng(0)
+    n = 4 * args.batch  # four distinct batches, the same arrays in every row
+    x = rng.uniform(0, 255, (n, args.image_size, args.image_size, 3)).astype("float32")
+    y = rng.integers(0, args.classes, n)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True).cache().repeat()
+    keras.utils.set_random_seed(0)
+    with rt.scope():
+        model = build_model(cfg, args.classes)
+        compile_model(model, cfg, steps_per_epoch=args.steps, jit_compile=rt.jit_compile)
+        t0 = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # traces and compiles
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
+        rate = args.steps / (time.perf_counter() - t0)
+    return {"backend": rt.backend, "devices": f"{rt.kind}:{rt.replicas}", "precision": rt.precision,
+            "first_two_steps_s": round(first, 2), "steps_per_s": round(rate, 4)}
+
+
+def backends(args) -> None:
+    rows = [("tensorflow", "auto", args.tf_precision)]
+    rows += [("jax", d.strip(), args.jax_precision) for d in args.jax_devices.split(",") if d.strip()]
+    if args.only:
+        rows = [r for r in rows if r[0] == args.only]
+    results = []
+    for backend, devices, precision in rows:
+        cmd = [sys.executable, __file__, "--measure", backend, "--devices", devices, "--row-precision", precision,
+               "--backbone", args.backbone, "--image-size", str(args.image_size), "--batch", str(args.batch),
+               "--steps", str(args.steps), "--classes", str(args.classes)]
+        env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS", "JAX_PLATFORMS")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{backend} on {devices} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"{args.backbone}, {args.image_size} px, global batch {args.batch}, {args.classes} classes, "
+          f"{args.steps} timed steps on the same 4 cached batches")
+    print(f"{'backend':<11} {'devices':<8} {'precision':<15} {'first 2 steps':>13} {'steps/s':>8} {'images/s':>9}")
+    for r in results:
+        print(f"{r['backend']:<11} {r['devices']:<8} {r['precision']:<15} {r['first_two_steps_s']:>11.1f} s "
+              f"{r['steps_per_s']:>8.3f} {r['steps_per_s'] * args.batch:>9.1f}")
+    tf_row = next((r for r in results if r["backend"] == "tensorflow"), None)
+    jax_rows = [r for r in results if r["backend"] == "jax"]
+    if tf_row and jax_rows:
+        print(f"ratio JAX ({jax_rows[0]['devices']}) / TensorFlow steps/s   "
+              f"{jax_rows[0]['steps_per_s'] / tf_row['steps_per_s']:.2f}")
+    if len(jax_rows) >= 2:
+        print(f"ratio JAX {jax_rows[-1]['devices']} / {jax_rows[0]['devices']} steps/s   "
+              f"{jax_rows[-1]['steps_per_s'] / jax_rows[0]['steps_per_s']:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="EfficientNetV2S")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--source-size", type=int, default=256, help="stored JPEG size (records are decoded from it)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--classes", type=int, default=12)
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="Keras dtype policy (auto: bf16 on TPU, fp16 on GPU, float32 on CPU)")
+    ap.add_argument("--backends", action="store_true", help="TensorFlow vs JAX, and JAX on N devices vs 1")
+    ap.add_argument("--only", choices=("tensorflow", "jax"), help="--backends: only this backend's rows")
+    ap.add_argument("--tf-precision", default="auto", choices=PRECISIONS)
+    ap.add_argument("--jax-precision", default="auto", choices=PRECISIONS)
+    ap.add_argument("--jax-devices", default="cpu:1,cpu:2",
+                    help="--backends: one JAX row per runtime.devices value (cpu:N, gpu, tpu), comma-separated")
+    ap.add_argument("--measure", choices=("tensorflow", "jax"), help=argparse.SUPPRESS)
+    ap.add_argument("--devices", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--row-precision", default="auto", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args)))
+    elif args.backends:
+        backends(args)
+    else:
+        feed_check(args)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ layout Kaggle mounts works (`/kaggle/input/<slug>/`,
 Kaggle Models' `/kaggle/input/<model>/<framework>/<variation>/<version>/`).
 Kaggle's image keeps its own TensorFlow, Keras and numpy: the wheel goes in with
 `--no-deps` into a private folder, and the package runs on their versions.
+LANDMARK_KAGGLE_ARGS, when set, is appended to the kernel's command (split like
+a shell line): the way to rehearse a kernel on your own machine with other
+settings, e.g. `--set runtime.devices=cpu:8 --set data.image_size=64`.
 """
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -85,9 +89,10 @@ def every(kind: str) -> list[str]:
 
 
 def run(module: str, *args: str) -> int:
-    """Run ``python -m module args`` with the installed package; returns its exit status."""
+    """Run ``python -m module args`` (plus LANDMARK_KAGGLE_ARGS) with the installed package; returns its exit status."""
     if not _ENV:
         install_package()
+    args = (*args, *shlex.split(os.environ.get("LANDMARK_KAGGLE_ARGS", "")))
     print(f"landmark-kaggle: python -m {module} {' '.join(args)}", flush=True)
     if os.environ.get(PLAN_ENV) == "1":
         return 0

@@ -269,3 +269,22 @@ def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
         ids.append(image_id)
     pd.DataFrame({"id": sorted(ids), "landmarks": ""}).to_csv(out / "sample_submission.csv", index=False)
     return out
+
+
+# -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def standin_python(kind: str) -> Path:
+    """The python of ``.venv-kaggle-{kind}`` (gpu | tpu); missing or built from an older requirements file is a
+    failure, not a skip (README command (b) builds both before pytest)."""
+    import hashlib
+
+    venv, requirements = REPO / f".venv-kaggle-{kind}", REPO / "envs" / f"kaggle-{kind}.txt"
+    python, stamp = venv / "bin" / "python", venv / ".requirements.sha256"
+    assert python.is_file(), f"no {python}: build the stand-in with `bash envs/setup.sh {kind}` (README command (b))"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    assert stamp.is_file() and stamp.read_text().strip() == want, \
+        f"{venv} was built from another {requirements.name}: rerun `bash envs/setup.sh {kind}`"
+    return python

@@ -19,6 +19,7 @@ import pytest
 from helpers import LAYOUTS, kaggle_input_tree, score_json
 
 from landmark_kaggle import kernels
+from landmark_kaggle.kaggletrain import find_shard_folders
 from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
 
 SHARDS_DATASET = "landmark-kaggle-tfrec"
@@ -132,8 +133,9 @@ def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, whe
     shards = placed[SHARDS_DATASET]
     proc = _plan("train", inp, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (f"python -m landmark_kaggle.cli train --data {shards / 'part-000'} {shards / 'part-001'} --out model"
-            in proc.stdout)
+    # The train launcher hands the finding to `train --kaggle` (kaggletrain.py): every part, in every layout.
+    assert "python -m landmark_kaggle.cli train --kaggle --set runtime.strategy=tpu" in proc.stdout
+    assert find_shard_folders(inp) == [shards / "part-000", shards / "part-001"]
     proc = _plan("build", inp, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"python -m tfrec_builder.cli write {placed[COMPETITION]} --out tfrec" in proc.stdout
@@ -144,8 +146,12 @@ def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, 
     inp = tmp_path / "input"
     sources = _marker_sources(tmp_path / "src")
     kaggle_input_tree(inp, "classic", {kernels.WHEEL_DATASET: ("dataset", wheel.parent)})
-    proc = _plan("train", inp, tmp_path)
-    assert proc.returncode == 1 and "landmark-kaggle: found no TFRecord shards" in proc.stderr
+    working = tmp_path / "working-train"
+    working.mkdir()
+    env = {**os.environ, KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working)}
+    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "train", "--kaggle"], env=env, cwd=working,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no shard dataset under" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     # The competition attached in two layouts at once (an old and a new mount): which one is meant is unclear.
     kaggle_input_tree(inp, "classic", {COMPETITION: sources[COMPETITION]})

@@ -88,3 +88,20 @@ def test_every_launcher_renders_to_one_self_contained_script(name, tmp_path):
     assert not kernels.PRELUDE_IMPORT.search(code)
     # The prelude is pasted, not copied by hand: its text is in the script exactly once.
     assert code.count((REPO / kernels.PRELUDE).read_text(encoding="utf-8").strip()) == 1
+
+
+def _third_party(module: str) -> set[str]:
+    path = PACKAGES["landmark_kaggle"] / f"{module}.py"
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", ["train", "optim", "model", "layers", "schedule", "memory", "kaggletrain"])
+def test_the_trainer_is_backend_neutral(module):
+    # TensorFlow-only and JAX-only code lives in distribute.py (backend.py only looks for a TPU before Keras loads).
+    assert not {"tensorflow", "jax"} & _third_party(module)

@@ -72,6 +72,20 @@ def test_push_train_kernel_with_accelerator_override(tmp_path, kaggle_env, kaggl
     assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-tfrec"]
     rendered = json.loads((tmp_path / "k" / "train" / "kernel-metadata.json").read_text())
     assert rendered["code_file"] == "train.py" and rendered["machine_shape"] == "NvidiaTeslaT4"
+    # Training kernels may use the internet (ImageNet weights); only the submission kernel is offline.
+    assert body["enableInternet"] is True and body.get("kernelDataSources", []) == []
+
+
+def test_push_train_continue_attaches_the_kernels_own_last_output(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "train", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    body = seen[0]["body"]
+    assert body["slug"] == "alice/landmark-kaggle-train"
+    assert body["kernelDataSources"] == ["alice/landmark-kaggle-train"]
+    assert body["enableTpu"] is True and body["machineShape"] == "TpuV5E8"
+    proc = _cli(["kernels", "push", "submission", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 2 and "--continue is for the train kernel" in proc.stderr and len(seen) == 1
 
 
 def test_an_error_from_kaggle_is_one_clear_line(tmp_path, kaggle_env, kaggle_server):

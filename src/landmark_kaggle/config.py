@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class ModelConfig:
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multiworker", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+BACKENDS = ("auto", "tensorflow", "jax")
+# runtime.devices: which devices JAX trains on; "cpu:N" splits the host into N devices (a stand-in for an N-core TPU).
+DEVICE_KINDS = ("auto", "tpu", "gpu", "cpu")
 INFERENCE_PRECISIONS = ("float32", "float16", "bfloat16")
 
 
@@ -84,12 +88,21 @@ class OptimConfig:
     decay_rate: float = 0.8
     min_lr: float = 1e-6
     clipnorm: float = 0.0
+    # AdamW's epsilon (Keras' default). A larger one stops the first steps from turning a near-zero gradient
+    # into a full ±learning-rate move: the equivalence tests use 1e-3 so that float round-off stays round-off.
+    epsilon: float = 1e-7
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where the training runs: distribution strategy and precision policy (``distribute.py``)."""
+    """Where the training runs: Keras backend, devices, distribution strategy and precision policy.
 
+    ``backend`` and ``devices`` are applied before Keras is imported (``backend.py``),
+    the rest by ``distribute.py``.
+    """
+
+    backend: str = "auto"  # see BACKENDS; auto: JAX when a TPU is visible to JAX, else TensorFlow
+    devices: str = "auto"  # JAX only: auto | tpu | gpu | cpu | cpu:N
     strategy: str = "auto"  # see STRATEGIES
     precision: str = "auto"  # see PRECISIONS
 
@@ -178,6 +191,10 @@ class Config:
             ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "must be in (0, 1]"),
             ("optim.min_lr", self.optim.min_lr >= 0, "must be >= 0"),
             ("optim.clipnorm", self.optim.clipnorm >= 0, "must be >= 0"),
+            ("optim.epsilon", self.optim.epsilon > 0, "must be > 0"),
+            ("runtime.backend", self.runtime.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+            ("runtime.devices", valid_devices(self.runtime.devices),
+             f"must be one of {', '.join(DEVICE_KINDS)} or cpu:N (N host devices, N >= 1)"),
             ("runtime.strategy", self.runtime.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
             ("runtime.precision", self.runtime.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("session.checkpoint_every_steps", self.session.checkpoint_every_steps >= 0, "must be >= 0"),
@@ -206,6 +223,22 @@ class Config:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def parse_devices(text: str) -> tuple[str, int | None]:
+    """``"cpu:8"`` -> ("cpu", 8); ``"tpu"`` -> ("tpu", None). Raises ConfigError on anything else."""
+    kind, _, count = str(text).strip().lower().partition(":")
+    if kind not in DEVICE_KINDS or (count and (kind != "cpu" or not count.isdigit() or int(count) < 1)):
+        raise ConfigError(f"runtime.devices = {text!r} must be one of {', '.join(DEVICE_KINDS)} or cpu:N")
+    return kind, int(count) if count else None
+
+
+def valid_devices(text: str) -> bool:
+    try:
+        parse_devices(text)
+    except ConfigError:
+        return False
+    return True
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -285,7 +318,7 @@ MOVED_KEYS = {
     **{f"train.{k}": f"optim.{k}" for k in ("learning_rate", "scale_lr_with_replicas", "weight_decay",
                                             "warmup_epochs", "sustain_epochs", "decay", "decay_rate", "min_lr",
                                             "clipnorm")},
-    "train.strategy": "runtime.strategy", "train.precision": "runtime.precision",
+    "train.strategy": "runtime.strategy", "train.precision": "runtime.precision", "train.backend": "runtime.backend",
     "train.time_budget": "session.time_budget", "train.checkpoint_every_steps": "session.checkpoint_every_steps",
     "train.class_sample": "embeddings.class_sample",
 }
@@ -357,6 +390,22 @@ def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = No
         payload.update(extra)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def parse_duration(text) -> float | None:
+    """``"8h30m"``, ``"90m"``, ``"45s"``, ``"1h"`` or plain seconds → seconds; empty → None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int | float):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
+    if not s or not m or not any(m.groups()):
+        raise UserError(f"time budget {text!r}: write it like 8h30m, 90m, 45s or a number of seconds")
+    h, mi, se = (float(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + se
 
 
 def add_config_arguments(parser: Any) -> None:

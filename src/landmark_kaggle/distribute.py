@@ -1,45 +1,152 @@
-"""Choose the tf.distribute strategy and the Keras precision policy for the machine at hand.
+"""Everything that differs between the TensorFlow and JAX backends once Keras runs: devices, replicas, precision.
 
-``auto`` picks a TPU when one answers (and fails fast when none does: no long
-wait), MirroredStrategy over several GPUs, MultiWorkerMirroredStrategy when
-``TF_CONFIG`` names a cluster, otherwise the default (one-device) strategy.
+``setup_runtime`` returns a ``Runtime``: the trainer builds, compiles and fits
+inside ``runtime.scope()`` and asks it the few questions whose answers depend
+on the backend (is this the writing process, compile with XLA, sync the step's
+state before a checkpoint). The backend itself was chosen before Keras loaded
+(``backend.choose_backend``).
+
+TensorFlow (``tf.distribute``): ``auto`` picks a TPU when one answers (and
+fails fast when none does: no long wait), MirroredStrategy over several GPUs,
+MultiWorkerMirroredStrategy when ``TF_CONFIG`` names a cluster, otherwise the
+default (one-device) strategy on the GPU or the CPU.
+
+JAX (``keras.distribution.DataParallel``): every device of one platform, the
+global batch split over them and the weights replicated; batch statistics are
+over the global batch, so N devices compute what one device would. ``tpu``
+fails at once when JAX sees no TPU, unless ``runtime.devices=cpu:N`` says the
+host devices stand in for it.
+
 Precision ``auto`` is bf16 on TPU, fp16 on GPU (Keras then wraps the optimizer
-in a LossScaleOptimizer) and float32 on CPU, where mixed precision is far
-slower. The model must be built and compiled inside ``strategy.scope()``.
+in a LossScaleOptimizer) and float32 on CPU, where mixed precision is far slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import keras
-import tensorflow as tf
 
-from landmark_kaggle.config import PRECISIONS, STRATEGIES
+from landmark_kaggle.backend import check_backend
+from landmark_kaggle.config import PRECISIONS, STRATEGIES, parse_devices
 from landmark_kaggle.errors import UserError
 
 
 @dataclass
 class Runtime:
-    strategy: tf.distribute.Strategy
-    kind: str  # tpu | mirrored | multiworker | cpu
+    strategy: Any  # tf.distribute.Strategy under TensorFlow; None under JAX
+    kind: str  # tpu | gpu | mirrored | multiworker | cpu
     precision: str
     replicas: int
+    backend: str = "tensorflow"
+    distribution: Any = None  # keras.distribution.DataParallel under JAX with several devices
+    devices: list[str] = field(default_factory=list)
+    note: str = ""  # e.g. "8 host devices stand in for the TPU"
 
     @property
     def is_chief(self) -> bool:
-        """The one worker that writes outputs (worker 0, or the only process)."""
+        """The one process that writes outputs (worker 0, or the only process)."""
+        if self.backend == "jax":
+            import jax
+
+            return jax.process_index() == 0
         resolver = getattr(self.strategy, "cluster_resolver", None)
-        if resolver is None or self.kind not in ("multiworker",):
+        if resolver is None or self.kind != "multiworker":
             return True
         return resolver.task_type in (None, "chief") or (resolver.task_type == "worker" and resolver.task_id == 0
                                                           and "chief" not in resolver.cluster_spec().as_dict())
 
+    @property
+    def jit_compile(self) -> bool:
+        # Keras on JAX without jit runs op by op; TensorFlow's XLA stays off on the CPU (DESIGN.md).
+        return self.backend == "jax"
+
+    def scope(self):
+        """Build, compile and fit inside this."""
+        if self.strategy is not None:
+            return self.strategy.scope()
+        if self.distribution is not None:
+            return self.distribution.scope()
+        return contextlib.nullcontext()
+
+    def training_model(self, model: keras.Model) -> keras.Model:
+        """The model the trainer fits: the same network, with what this strategy needs around it."""
+        if self.kind == "multiworker":
+            return _ReplicaAxisModel(model.inputs, model.outputs, name=model.name)
+        return model
+
+    def before_fit(self, model: keras.Model) -> None:
+        if self.kind == "multiworker":
+            # Keras 3.15's fit/evaluate first MEAN-reduce one input batch for a symbolic build, which
+            # MultiWorkerMirroredStrategy cannot do for a nested batch. With no strategy recorded on the
+            # model Keras builds while tracing instead; fit runs inside the strategy's scope, so the
+            # steps are distributed all the same.
+            model._distribute_strategy = None
+
+    def sync(self, model: keras.Model) -> None:
+        """Make the variables hold one value each, the last step's: before validation and every checkpoint.
+
+        JAX keeps the training state apart from the variables during an epoch. Under tf.distribute each
+        replica updates its own copy of BatchNorm's moving statistics from its own share of the batch
+        (Keras 3 does not aggregate them), so the copies drift apart: a model saved from replica 0 would
+        not be the one that validated on replica 1, and a resume would lose the others. Every float
+        non-trainable variable is set to its mean over the replicas, as tf.keras's ON_READ mean did.
+        """
+        if self.backend == "jax":
+            model.jax_state_sync()
+        elif self.strategy is not None and self.replicas > 1:
+            _average_over_replicas(self.strategy, model)
+
+    def describe(self) -> str:
+        where = f"{self.replicas} {self.kind} replica(s)" if self.backend == "tensorflow" else \
+            f"{len(self.devices)} {self.kind} device(s)"
+        return f"{self.backend} {self.kind}, {where}, {self.precision}" + (f"; {self.note}" if self.note else "")
+
+
+def _average_over_replicas(strategy, model: keras.Model) -> None:
+    import tensorflow as tf
+
+    variables = [v.value for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if not variables:
+        return
+
+    def mean_of_copies():
+        # Inside a replica, each variable reads as that replica's copy; the all-reduce spans every worker.
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                              [tf.identity(v) for v in variables])
+
+    reduced = strategy.run(mean_of_copies)
+    for var, mean in zip(variables, reduced, strict=True):
+        for copy, value in zip(strategy.experimental_local_results(var), strategy.experimental_local_results(mean),
+                               strict=True):
+            copy.assign(value)
+
+
+class _ReplicaAxisModel(keras.Model):
+    """The functional model, with step logs of shape [1] instead of scalars.
+
+    Keras 3.15 reduces MultiWorkerMirroredStrategy step logs with ``axis=0``,
+    which a scalar does not have; one length-1 axis reduces to the same scalar.
+    Used for training only: the saved model folder holds the plain functional copy.
+    """
+
+    def train_step(self, data):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
+
+    def test_step(self, data):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().test_step(data).items()}
+
+
+# -- TensorFlow -----------------------------------------------------------------------------------------------------
 
 def _find_tpu():
     """A connected TPU resolver, or None at once when the machine has none."""
+    import tensorflow as tf
+
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -57,8 +164,10 @@ def _tf_config_has_cluster() -> bool:
     return bool(cfg.get("cluster"))
 
 
-def get_strategy(name: str = "auto") -> tuple[tf.distribute.Strategy, str]:
-    """The strategy and its kind for ``--strategy``; see the module docstring for ``auto``."""
+def get_strategy(name: str = "auto"):
+    """The tf.distribute strategy and its kind for ``--strategy``; see the module docstring for ``auto``."""
+    import tensorflow as tf
+
     if name not in STRATEGIES:
         raise UserError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
     if name in ("auto", "tpu"):
@@ -66,7 +175,8 @@ def get_strategy(name: str = "auto") -> tuple[tf.distribute.Strategy, str]:
         if resolver is not None:
             return tf.distribute.TPUStrategy(resolver), "tpu"
         if name == "tpu":
-            raise UserError("--strategy tpu: no TPU found (on Kaggle, choose the TPU accelerator)")
+            raise UserError("--strategy tpu: no TPU found (on Kaggle, choose the TPU accelerator; Kaggle's TPU VM "
+                            "image reaches it through JAX: runtime.backend=jax)")
     if name == "multiworker" or (name == "auto" and _tf_config_has_cluster()):
         if not _tf_config_has_cluster():
             raise UserError("--strategy multiworker needs TF_CONFIG with a cluster and this worker's task")
@@ -79,6 +189,71 @@ def get_strategy(name: str = "auto") -> tuple[tf.distribute.Strategy, str]:
     return tf.distribute.get_strategy(), "cpu" if not gpus else "gpu"
 
 
+def split_cpu(n: int) -> None:
+    """Split the CPU into ``n`` logical TensorFlow devices (before TensorFlow initialises its devices)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+
+
+def _tf_has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+# -- JAX ------------------------------------------------------------------------------------------------------------
+
+def jax_devices(strategy: str = "auto", devices: str = "auto") -> tuple[list, str, str]:
+    """(devices, kind, note) JAX trains on for ``runtime.strategy`` and ``runtime.devices``."""
+    import jax
+
+    if strategy in ("mirrored", "multiworker"):
+        raise UserError(f"runtime.strategy = {strategy} is a TensorFlow strategy; under JAX use auto (every device "
+                        "of the default platform), tpu or cpu, and runtime.devices to choose the devices")
+    kind, count = parse_devices(devices)
+    note = ""
+    if kind == "auto":
+        kind = {"tpu": "tpu", "cpu": "cpu"}.get(strategy) or jax.default_backend()
+        kind = "gpu" if kind in ("cuda", "rocm") else kind
+    elif strategy == "tpu" and kind != "tpu":
+        if kind != "cpu":
+            raise UserError(f"runtime.strategy = tpu but runtime.devices = {devices}: only host devices "
+                            "(cpu or cpu:N) may stand in for a TPU")
+        note = f"runtime.devices = {devices}: host devices stand in for the TPU"
+    elif strategy == "cpu" and kind != "cpu":
+        raise UserError(f"runtime.strategy = cpu but runtime.devices = {devices}")
+    try:
+        found = jax.devices(kind)
+    except RuntimeError:
+        found = []
+    if not found:
+        if kind == "tpu":
+            raise UserError("runtime.strategy = tpu: JAX sees no TPU (on Kaggle, choose a TPU accelerator; to "
+                            "rehearse on this machine, set runtime.devices=cpu:8)")
+        raise UserError(f"runtime.devices = {devices}: JAX sees no {kind} device")
+    if count and len(found) != count:
+        raise UserError(f"runtime.devices = {devices}, but JAX has {len(found)} host device(s): the count is set "
+                        "when JAX starts (landmark_kaggle.backend.choose_backend, before Keras is imported)")
+    return found, kind, note
+
+
+def _jax_runtime(strategy: str, precision: str, devices: str) -> Runtime:
+    # tf.data feeds JAX from the host: keep TensorFlow off the accelerators, or it takes their memory.
+    import tensorflow as tf
+
+    with contextlib.suppress(RuntimeError, ValueError):
+        tf.config.set_visible_devices([], "GPU")
+    found, kind, note = jax_devices(strategy, devices)
+    policy = resolve_precision(precision, kind)
+    distribution = keras.distribution.DataParallel(devices=found) if len(found) > 1 else None
+    return Runtime(strategy=None, kind=kind, precision=policy, replicas=len(found), backend="jax",
+                   distribution=distribution, devices=[str(d) for d in found], note=note)
+
+
+# -- both -----------------------------------------------------------------------------------------------------------
+
 def resolve_precision(precision: str, kind: str) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -86,23 +261,33 @@ def resolve_precision(precision: str, kind: str) -> str:
         return precision
     if kind == "tpu":
         return "mixed_bfloat16"
-    if tf.config.list_logical_devices("GPU"):
+    if kind == "gpu" or (kind in ("mirrored", "multiworker") and _tf_has_gpu()):
         return "mixed_float16"
     return "float32"
 
 
-def setup_runtime(strategy: str = "auto", precision: str = "auto") -> Runtime:
-    """Pick the strategy, then set Keras's global dtype policy to match it."""
-    strat, kind = get_strategy(strategy)
-    policy = resolve_precision(precision, kind)
-    keras.mixed_precision.set_global_policy(policy)
-    return Runtime(strategy=strat, kind=kind, precision=policy, replicas=int(strat.num_replicas_in_sync))
+def setup_runtime(strategy: str = "auto", precision: str = "auto", devices: str = "auto", *,
+                  backend: str = "auto", announce: bool = False) -> Runtime:
+    """Pick devices and strategy on the backend Keras runs on, then set Keras's global dtype policy to match.
 
+    ``announce`` prints one line saying what was found and chosen.
+    """
+    from landmark_kaggle.config import RuntimeConfig
 
-def split_cpu(n: int) -> None:
-    """Split the CPU into ``n`` logical devices (must run before TensorFlow initialises its devices)."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    runtime = RuntimeConfig(backend=backend, devices=devices, strategy=strategy, precision=precision)
+    if check_backend(runtime) == "jax":
+        rt = _jax_runtime(strategy, precision, devices)
+    else:
+        if parse_devices(devices)[0] != "auto":
+            raise UserError(f"runtime.devices = {devices} chooses JAX devices; under TensorFlow leave it at auto "
+                            "and choose with runtime.strategy")
+        strat, kind = get_strategy(strategy)
+        policy = resolve_precision(precision, kind)
+        rt = Runtime(strategy=strat, kind=kind, precision=policy, replicas=int(strat.num_replicas_in_sync))
+    keras.mixed_precision.set_global_policy(rt.precision)
+    if announce:
+        print(f"runtime: strategy {strategy} -> {rt.describe()}", flush=True)
+    return rt
 
 
 def global_batch(cfg, replicas: int) -> tuple[int, float]:

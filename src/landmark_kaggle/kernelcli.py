@@ -58,13 +58,16 @@ def run_kaggle(args: list[str]) -> str:
     return out
 
 
-def push(name: str, user: str, out: str | Path, accelerator: str | None = None) -> tuple[dict, str]:
+def push(name: str, user: str, out: str | Path, accelerator: str | None = None,
+         continue_last: bool = False) -> tuple[dict, str]:
     """Render and push kernel NAME; returns the push record (kernel, version, folder) and the client's words.
+
+    ``continue_last`` (train) attaches the kernel's own last output, so the new version resumes it.
 
     Raises when Kaggle refused any dataset, competition or kernel source: the version exists then, but
     it runs without that data.
     """
-    folder = kernels.render_kernel(name, user, Path(out) / name, accelerator=accelerator)
+    folder = kernels.render_kernel(name, user, Path(out) / name, accelerator=accelerator, continue_last=continue_last)
     cmd = ["kernels", "push", "-p", str(folder)]
     if accelerator:
         cmd += ["--accelerator", accelerator]
@@ -155,6 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(kernels.KERNEL_TEMPLATES))
     p.add_argument("--user", help=user_help)
     p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
+    p.add_argument("--continue", dest="continue_last", action="store_true",
+                   help="train: attach this kernel's last version's output, so the new version resumes its checkpoint")
     p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
     p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
     st = sub.add_parser("status", help="the state of a pushed kernel's latest run (exit 1 when it failed)")
@@ -188,10 +193,11 @@ def run(args: argparse.Namespace) -> int:
     user = kaggle_username(args.user)
     if args.action == "push":
         if args.dry_run:
-            folder = kernels.render_kernel(args.name, user, Path(args.out) / args.name, accelerator=args.accelerator)
+            folder = kernels.render_kernel(args.name, user, Path(args.out) / args.name, accelerator=args.accelerator,
+                                           continue_last=args.continue_last)
             print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
             return 0
-        record, text = push(args.name, user, args.out, args.accelerator)
+        record, text = push(args.name, user, args.out, args.accelerator, args.continue_last)
         print(text)
         print(f"pushed {record['kernel']} version {record['version']}; "
               f"follow it with `landmark-kaggle kernels status {args.name}`")

@@ -255,8 +255,12 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
-                  accelerator: str | None = None) -> Path:
-    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``."""
+                  accelerator: str | None = None, continue_last: bool = False) -> Path:
+    """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
+
+    ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
+    version's) through ``kernel_sources``: the train kernel resumes from it.
+    """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
     template = repo / KERNEL_TEMPLATES[name]
@@ -277,6 +281,10 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
     meta["code_file"] = code.name
     if accelerator:
         meta["machine_shape"] = accelerator
+    if continue_last:
+        if name != "train":
+            raise KernelError(f"--continue is for the train kernel (its next version resumes the last), not {name}")
+        meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
     validate_kernel_metadata(meta, out, where=str(template))
     _write_json(out / "kernel-metadata.json", meta)
     return out

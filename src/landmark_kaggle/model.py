@@ -213,6 +213,38 @@ def read_model_config(path) -> tuple[Config, dict]:
     return config_from_dict(sections), extra
 
 
+def transfer_weights(target: keras.Model, source: keras.Model) -> dict:
+    """Copy every same-named layer's weights from ``source`` where their shapes agree; returns what happened.
+
+    Convolution and dense weights do not depend on the image size, so a model
+    built at another size takes the whole backbone; a classifier over another
+    class count keeps its fresh initialisation (listed as ``reinitialised``).
+    """
+    sources = {layer.name: layer for layer in source.layers}
+    copied, fresh = [], []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        src = sources.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if src is not None and [tuple(w.shape) for w in src.weights] == shapes:
+            layer.set_weights(src.get_weights())
+            copied.append(layer.name)
+        else:
+            fresh.append(layer.name)
+    backbone = target.layers[1].name  # after the input: the keras.applications network
+    if backbone not in copied:
+        raise UserError(f"the trained model has no backbone {backbone!r} of these shapes ({', '.join(fresh)} differ): "
+                        "--init-from needs the same model.backbone")
+    return {"copied": copied, "reinitialised": fresh}
+
+
+def init_from_model_dir(model: keras.Model, model_dir) -> dict:
+    """Start ``model`` from a trained model folder's weights (progressive resizing: another image size,
+    margin or class count); returns ``{"from", "copied", "reinitialised"}``."""
+    return {"from": str(model_dir), **transfer_weights(model, load_model_dir(model_dir).model)}
+
+
 def load_model_dir(path, *, precision: str = "float32") -> ModelBundle:
     """Rebuild a model folder's network with this package's code and load its weights file into it.
 

@@ -31,7 +31,8 @@ def make_loss(cfg: Config, class_counts=None) -> ArcFaceLoss:
 def make_optimizer(cfg: Config, steps_per_epoch: int, lr_factor: float = 1.0) -> keras.optimizers.Optimizer:
     o = cfg.optim
     return keras.optimizers.AdamW(learning_rate=schedule_from_config(cfg, steps_per_epoch, lr_factor),
-                                  weight_decay=o.weight_decay, global_clipnorm=o.clipnorm or None)
+                                  weight_decay=o.weight_decay, epsilon=o.epsilon,
+                                  global_clipnorm=o.clipnorm or None)
 
 
 def topk_metrics(num_classes: int) -> list:
@@ -40,10 +41,13 @@ def topk_metrics(num_classes: int) -> list:
 
 
 def compile_model(model: keras.Model, cfg: Config, class_counts=None, *, steps_per_epoch: int = 1,
-                  lr_factor: float = 1.0, num_classes: int | None = None, loss: ArcFaceLoss | None = None) -> None:
+                  lr_factor: float = 1.0, num_classes: int | None = None, loss: ArcFaceLoss | None = None,
+                  jit_compile: bool = False) -> None:
     """Compile for training. ``num_classes`` defaults to the model's output width (a subclassed trainer
-    may not know it); ``loss`` defaults to ``make_loss``."""
+    may not know it); ``loss`` defaults to ``make_loss``; ``jit_compile`` as the runtime says (XLA: on under
+    JAX, off for TensorFlow on the CPU)."""
     classes = int(num_classes or model.output_shape[-1])
     # Weighted, so the zero-weight rows that pad a distributed validation pass do not count.
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, lr_factor),
-                  loss=loss or make_loss(cfg, class_counts), weighted_metrics=topk_metrics(classes), jit_compile=False)
+                  loss=loss or make_loss(cfg, class_counts), weighted_metrics=topk_metrics(classes),
+                  jit_compile=jit_compile)

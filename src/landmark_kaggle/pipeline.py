@@ -182,8 +182,12 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
     files = shard_files(data, (split,))
     det = bool(data_cfg.deterministic) or not training
     if training:
-        fds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        fds = fds.repeat()
+        # Each round over the files in its own order, keyed by (seed, round) alone: every iterator over this
+        # dataset yields the same stream, however many were started before it (Keras on JAX starts one to
+        # look at a batch before training).
+        names = tf.constant(files)
+        fds = tf.data.Dataset.counter().flat_map(lambda r: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(names, seed=tf.stack([tf.cast(seed, tf.int64), r]))))
     else:
         fds = tf.data.Dataset.from_tensor_slices(files)
     ds = fds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
@@ -191,7 +195,7 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
                         num_parallel_calls=AUTOTUNE, deterministic=det)
     if training:
         if data_cfg.shuffle_buffer > 1:
-            ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
         ds = ds.enumerate()
         if start_step:
             ds = ds.skip(int(start_step) * int(batch_size))

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -27,12 +27,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landmark_kaggle import pipeline
-from landmark_kaggle.config import Config, migrate_flat
+from landmark_kaggle.config import Config, migrate_flat, parse_duration
 from landmark_kaggle.distribute import Runtime, global_batch, setup_runtime
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.fileio import atomic_write_json
 from landmark_kaggle.metrics import TOP_K
-from landmark_kaggle.model import build_model, save_model_dir
+from landmark_kaggle.model import build_model, init_from_model_dir, save_model_dir
 from landmark_kaggle.optim import compile_model
 from landmark_kaggle.plots import plot_history
 from landmark_kaggle.schedule import schedule_from_config
@@ -42,27 +42,14 @@ STATE_FILE = "state.json"
 METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
 # Settings that may change between a run and its resumption; any other change makes the checkpoint invalid.
 # embeddings.class_sample only steers train-embeddings, so it may differ from (or be missing in) an image checkpoint.
-RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_every_steps", "embeddings.class_sample"}
+# The backend and the devices may change too (a checkpoint holds the same numbers on every one of them), and so
+# may the initial weights, which a checkpoint replaces.
+RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_every_steps", "embeddings.class_sample",
+                     "runtime.backend", "runtime.devices", "model.weights"}
 
 
 class SimulatedCrash(RuntimeError):
     """Raised by the ``crash_after_steps`` test hook: the process 'dies' with only its checkpoints left."""
-
-
-def parse_duration(text) -> float | None:
-    """``"8h30m"``, ``"90m"``, ``"45s"``, ``"1h"`` or plain seconds → seconds; empty → None."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, int | float):
-        return float(text)
-    s = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
-    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
-    if not s or not m or not any(m.groups()):
-        raise UserError(f"time budget {text!r}: write it like 8h30m, 90m, 45s or a number of seconds")
-    h, mi, se = (float(g or 0) for g in m.groups())
-    return h * 3600 + mi * 60 + se
 
 
 def _flat(cfg: Config) -> dict:
@@ -79,19 +66,13 @@ def _check_same_run(state: dict, cfg: Config, num_classes: int, ckpt: Path) -> N
                         "resume with the same config or train into a new --out")
 
 
-class _ReplicaAxisModel(keras.Model):
-    """The functional model, with step logs of shape [1] instead of scalars.
-
-    Keras 3.15 reduces MultiWorkerMirroredStrategy step logs with ``axis=0``,
-    which a scalar does not have; one length-1 axis reduces to the same scalar.
-    Used for training only: the saved model folder holds the plain functional copy.
-    """
-
-    def train_step(self, data):
-        return {k: keras.ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
-
-    def test_step(self, data):
-        return {k: keras.ops.reshape(v, (1,)) for k, v in super().test_step(data).items()}
+def why_not_resumable(state: dict, cfg: Config, where) -> str | None:
+    """None when a checkpoint's state was made with ``cfg``'s settings (a resume accepts it), else why not."""
+    try:
+        _check_same_run(state, cfg, state["num_classes"], where)
+    except UserError as exc:
+        return str(exc).split("; resume")[0]
+    return None
 
 
 class _Watch(keras.callbacks.Callback):
@@ -123,8 +104,10 @@ class _Watch(keras.callbacks.Callback):
 
 
 class _Trainer:
-    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress):
+    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress,
+                 init_from=None):
         self.data, self.out, self.cfg, self.rt = pipeline.resolve_data_dirs(data), Path(out_dir), cfg, runtime
+        self.init_from, self.init_report = init_from, None
         self.data_name = ", ".join(self.data)
         self.ckpt = self.out / CHECKPOINT_DIR
         self.budget = parse_duration(time_budget if time_budget is not None else cfg.session.time_budget)
@@ -162,10 +145,12 @@ class _Trainer:
         if not self.rt.is_chief:
             # Saving may create variables, a collective op under MultiWorkerMirroredStrategy, so every
             # worker saves; only the chief keeps what it wrote.
+            self.rt.sync(self.model)
             with tempfile.TemporaryDirectory() as tmp:
                 self.model.save_weights(Path(tmp) / "worker.weights.h5")
             return
         t0 = time.monotonic()
+        self.rt.sync(self.model)
         self.ckpt.mkdir(parents=True, exist_ok=True)
         weights = f"state-{self.global_step:09d}.weights.h5"
         self.model.save_weights(self.ckpt / weights)  # model weights and the optimizer's state
@@ -174,7 +159,8 @@ class _Trainer:
             "weights": weights, "history": self.history,
             "partial": {"steps": self.step_in_epoch, "logs": partial_logs} if self.step_in_epoch else None,
             "config": _flat(self.cfg), "num_classes": self.num_classes, "steps_per_epoch": self.steps_per_epoch,
-            "seed_states": [np.asarray(v.numpy()).tolist() for v in self._seed_states()],
+            "seed_states": [keras.ops.convert_to_numpy(v).tolist() for v in self._seed_states()],
+            "init_from": self.init_report,
         }
         # The state names its weights file, so once the state is renamed into place the pair is complete.
         atomic_write_json(self.ckpt / STATE_FILE, state, indent=1)
@@ -229,11 +215,14 @@ class _Trainer:
             _check_same_run(state, cfg, self.num_classes, self.ckpt)
             self.steps_per_epoch = state["steps_per_epoch"]
         keras.utils.set_random_seed(cfg.train.seed)
-        with self.rt.strategy.scope():
-            self.model = build_model(cfg, self.num_classes)
-            if self.rt.kind == "multiworker":
-                self.model = _ReplicaAxisModel(self.model.inputs, self.model.outputs, name=self.model.name)
-            compile_model(self.model, cfg, counts, steps_per_epoch=self.steps_per_epoch, lr_factor=lr_factor)
+        with self.rt.scope():
+            # A checkpoint replaces every weight: no download or weights file needed to resume.
+            built = cfg if state is None else replace(cfg, model=replace(cfg.model, weights="none"))
+            self.model = self.rt.training_model(build_model(built, self.num_classes))
+            if state is None and self.init_from:
+                self.init_report = init_from_model_dir(self.model, self.init_from)
+            compile_model(self.model, cfg, counts, steps_per_epoch=self.steps_per_epoch, lr_factor=lr_factor,
+                          jit_compile=self.rt.jit_compile)
             if state is not None:
                 self.model.optimizer.build(self.model.trainable_variables)
                 self.model.load_weights(self.ckpt / state["weights"])
@@ -241,12 +230,8 @@ class _Trainer:
                     var.assign(np.asarray(value, dtype=var.dtype))
                 self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
                 self.global_step, self.history, self.partial = state["global_step"], state["history"], state["partial"]
-        if self.rt.kind == "multiworker":
-            # Keras 3.15's fit/evaluate first MEAN-reduce one input batch for a symbolic build, which
-            # MultiWorkerMirroredStrategy cannot do for a nested batch. With no strategy recorded on the
-            # model Keras builds while tracing instead; fit runs inside the strategy's scope, so the
-            # steps are distributed all the same.
-            self.model._distribute_strategy = None
+                self.init_report = state.get("init_from")
+        self.rt.before_fit(self.model)
         self.schedule = schedule_from_config(cfg, self.steps_per_epoch, lr_factor)
         total = cfg.train.epochs * self.steps_per_epoch
         if self.progress and self.rt.is_chief:
@@ -259,10 +244,12 @@ class _Trainer:
             if self.bar is not None:
                 self.bar.close()
         if self.rt.is_chief:
-            save_model_dir(self.model, cfg, label_map, self.out,
-                           extra={"epochs_trained": self.epoch, "global_step": self.global_step,
-                                  "status": self.stopped or "complete", "replicas": self.rt.replicas,
-                                  "precision": self.rt.precision, "strategy": self.rt.kind})
+            extra = {"epochs_trained": self.epoch, "global_step": self.global_step,
+                     "status": self.stopped or "complete", "replicas": self.rt.replicas,
+                     "precision": self.rt.precision, "strategy": self.rt.kind, "backend": self.rt.backend}
+            if self.init_report is not None:
+                extra["init_from"] = self.init_report
+            save_model_dir(self.model, cfg, label_map, self.out, extra=extra)
         self.write_history()
         return self._summary(batch)
 
@@ -276,7 +263,7 @@ class _Trainer:
             # The stream is endless; Keras's "ran out of data" / "shuffle ignored" notes do not apply,
             # and a real shortfall is caught below.
             warnings.filterwarnings("ignore", message=".*(ran out of data|shuffle=True).*")
-            with self.rt.strategy.scope():
+            with self.rt.scope():
                 self.model.fit(ds, initial_epoch=e, epochs=e + 1, steps_per_epoch=self.steps_per_epoch - start,
                                callbacks=[watch], verbose=0)
         logs = self.epoch_logs()
@@ -288,6 +275,7 @@ class _Trainer:
             return
         row = {"epoch": e + 1, "lr": float(self.schedule.by_epoch(e)), **logs}
         t_val = time.monotonic()
+        self.rt.sync(self.model)  # one value per variable: what validates is what gets saved
         if has_val:
             res = self._validate(batch)
             row.update({f"val_{k}": float(res[k]) for k in METRIC_COLUMNS if k in res})
@@ -307,7 +295,7 @@ class _Trainer:
                                      pad_to_batch=padded)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ran out of data.*")  # a finite pass, as meant
-            with self.rt.strategy.scope():
+            with self.rt.scope():
                 res = self.model.evaluate(val, return_dict=True, verbose=0)
         if padded:
             # Weighted metrics ignore the weight-0 copies, but the loss is averaged over every row,
@@ -322,27 +310,31 @@ class _Trainer:
             "status": self.stopped or "complete", "epochs_done": self.epoch, "global_step": self.global_step,
             "steps_per_epoch": self.steps_per_epoch, "global_batch": batch, "num_classes": self.num_classes,
             "replicas": self.rt.replicas, "strategy": self.rt.kind, "precision": self.rt.precision,
-            "history": self.history, "model_dir": str(self.out),
+            "backend": self.rt.backend, "init_from": self.init_report, "history": self.history,
+            "model_dir": str(self.out),
             "val_top1": last.get("val_top1", math.nan), "seconds": round(time.monotonic() - self.started, 1),
         }
 
 
-def train_model(data, out_dir, cfg: Config, *, resume: bool = False, time_budget=None,
+def train_model(data, out_dir, cfg: Config, *, resume: bool = False, time_budget=None, init_from=None,
                 runtime: Runtime | None = None, progress: bool = True, crash_after_steps: int | None = None) -> dict:
     """Train on shard folders (one, several, globs or a folder of parts) into a model folder; returns a summary.
 
     ``time_budget`` (``"8h30m"`` or seconds) overrides ``session.time_budget``;
-    ``runtime`` is a ready strategy + precision (default: from the config).
+    ``init_from`` (a model folder) starts a fresh run from its weights, at this
+    config's image size (progressive resizing); a checkpoint to resume wins over it.
+    ``runtime`` is a ready backend + devices + precision (default: from the config).
     ``crash_after_steps`` is a test hook that raises ``SimulatedCrash``.
     """
-    rt = runtime or setup_runtime(cfg.runtime.strategy, cfg.runtime.precision)
+    r = cfg.runtime
+    rt = runtime or setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=progress)
     trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, crash_after_steps=crash_after_steps,
-                       progress=progress)
+                       progress=progress, init_from=init_from)
     summary = trainer.run(resume)
     if rt.is_chief and progress:
         h = summary["history"][-1] if summary["history"] else {}
         print(f"train: {summary['status']}, {summary['epochs_done']}/{cfg.train.epochs} epochs, "
-              f"{summary['global_step']} steps on {rt.replicas} replica(s) ({rt.kind}, {rt.precision}), "
+              f"{summary['global_step']} steps on {rt.replicas} replica(s) ({rt.backend} {rt.kind}, {rt.precision}), "
               f"loss {h.get('loss', float('nan')):.4f}, val top1 {summary['val_top1']:.4f}, "
               f"{summary['seconds']:.0f} s → {out_dir}")
     return summary

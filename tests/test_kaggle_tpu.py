@@ -1,0 +1,116 @@
+"""The train kernel end to end in the stand-in for Kaggle's TPU VM image, two versions chained, then scored.
+
+``.venv-kaggle-tpu`` (``envs/kaggle-tpu.txt``: tensorflow-cpu 2.20.0, the newest
+keras and jax CPU wheels) runs ``kernels/train/train.py`` as ``kernels push``
+sends it, with our wheel installed ``--no-deps`` by the prelude, on a Kaggle-like
+input tree: the wheel dataset, the shard dataset in the newer
+``datasets/<owner>/<slug>`` layout, a backbone weights file as a Kaggle Model
+and a decoy ``.h5``. The kernel asks for a TPU; ``runtime.devices=cpu:8``
+(passed the documented way, ``LANDMARK_KAGGLE_ARGS``) lets 8 JAX host devices
+stand in for it. Version 2 finds version 1's output among its inputs, copies
+the checkpoint in and resumes; the model folder it writes goes through the
+offline submission kernel and ``score``.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from helpers import score_json, standin_python
+
+from landmark_kaggle import kernels
+from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+
+REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.batch_size=16",
+             "train.steps_per_epoch=2", "optim.warmup_epochs=0", "data.deterministic=true", "data.shuffle_buffer=64",
+             "runtime.devices=cpu:8"]
+
+
+@pytest.fixture(scope="module")
+def tpu_python():
+    return standin_python("tpu")
+
+
+def _kernel(python, script, inp, working, settings):
+    working.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND", "XLA_FLAGS")}
+    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "LANDMARK_KAGGLE_ARGS": shlex.join(a for s in settings for a in ("--set", s))})
+    return subprocess.run([str(python), str(script)], cwd=working, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def _backbone_files(inp):
+    """A MobileNetV3Small no-top weights file as a Kaggle Model mounts it, and an .h5 of something else."""
+    import keras
+
+    from landmark_kaggle.config import config_from_dict
+    from landmark_kaggle.model import build_backbone
+
+    model_dir = inp / "mobilenetv3" / "keras" / "small-notop" / "1"
+    model_dir.mkdir(parents=True)
+    build_backbone(config_from_dict({}, REHEARSAL[:2])).save_weights(model_dir / "backbone.weights.h5")
+    decoy = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    (inp / "decoy").mkdir()
+    decoy.save_weights(inp / "decoy" / "other.weights.h5")
+    return model_dir / "backbone.weights.h5"
+
+
+@pytest.mark.slow
+def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_kernel_scores_it(
+        shards, tpu_python, tmp_path):
+    inp = tmp_path / "input"
+    kernels.build_wheel(inp / kernels.WHEEL_DATASET)
+    shutil.copytree(shards, inp / "datasets" / "alice" / "landmark-kaggle-tfrec")
+    weights = _backbone_files(inp)
+    script = kernels.render_kernel("train", "alice", tmp_path / "rendered") / "train.py"
+
+    # Asked for a TPU with none there, the kernel stops at once and trains nothing on the CPU.
+    no_tpu = _kernel(tpu_python, script, inp, tmp_path / "w0", ["data.image_size=32"])
+    assert no_tpu.returncode == 2 and "no TPU" in no_tpu.stderr and "Traceback" not in no_tpu.stderr
+    assert not (tmp_path / "w0" / "model").exists()
+
+    v1 = _kernel(tpu_python, script, inp, tmp_path / "w1", [*REHEARSAL, "train.epochs=1"])
+    assert v1.returncode == 0, v1.stderr[-3000:]
+    assert "runtime: backend auto -> jax (runtime.devices = cpu:8 names JAX devices)" in v1.stdout
+    assert "8 cpu device(s)" in v1.stdout and "host devices stand in for the TPU" in v1.stdout
+    assert f"backbone weights {weights} (attached)" in v1.stdout and "a fresh start" in v1.stdout
+    model1 = tmp_path / "w1" / "model"
+    saved1 = json.loads((model1 / "config.json").read_text())
+    assert (saved1["backend"], saved1["replicas"], saved1["global_step"]) == ("jax", 8, 2)
+    assert saved1["model"]["weights"] == str(weights)
+
+    # Version 2: Kaggle mounts version 1's output (its whole working folder) among the inputs.
+    shutil.copytree(tmp_path / "w1", inp / "landmark-kaggle-train")
+    v2 = _kernel(tpu_python, script, inp, tmp_path / "w2", [*REHEARSAL, "train.epochs=2"])
+    assert v2.returncode == 0, v2.stderr[-3000:]
+    assert f"resuming from {inp / 'landmark-kaggle-train' / 'model'} (step 2)" in v2.stdout
+    model2 = tmp_path / "w2" / "model"
+    saved2 = json.loads((model2 / "config.json").read_text())
+    assert (saved2["status"], saved2["epochs_trained"], saved2["global_step"]) == ("complete", 2, 4)
+    h1, h2 = pd.read_csv(model1 / "history.csv"), pd.read_csv(model2 / "history.csv")
+    assert list(h2["epoch"]) == [1, 2]
+    pd.testing.assert_frame_equal(h2.iloc[:1].drop(columns="seconds"), h1.drop(columns="seconds"))
+
+    # The offline submission kernel (this venv) scores the JAX-trained model folder.
+    sub_in, sub_work = tmp_path / "sub" / "input", tmp_path / "sub" / "working"
+    gld = shards.parent / "gld"
+    shutil.copytree(gld / "test", sub_in / COMPETITION / "test")
+    shutil.copy2(gld / "sample_submission.csv", sub_in / COMPETITION / "sample_submission.csv")
+    kernels.bundle(sub_in, "alice", model_dir=model2)
+    sub_work.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({KAGGLE_INPUT_ENV: str(sub_in), KAGGLE_WORKING_ENV: str(sub_work), "PIP_NO_INDEX": "1"})
+    sub_script = kernels.render_kernel("submission", "alice", tmp_path / "rendered-sub") / "submission.py"
+    proc = subprocess.run([sys.executable, str(sub_script)], cwd=sub_work, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = score_json(gld / "solution.csv", sub_work / "submission.csv")
+    ids = pd.read_csv(gld / "sample_submission.csv", dtype=str)["id"]
+    assert result["n_images"] == len(ids) and 0.0 <= result["gap"] <= 1.0
