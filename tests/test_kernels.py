@@ -127,8 +127,8 @@ def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, whe
     shards = placed[SHARDS_DATASET]
     proc = _plan("train", inp, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # `train --kaggle` finds its shards itself (tests/test_kaggletrain.py runs it), by the same finder.
-    assert "python -m landmark_kaggle.cli train --kaggle" in proc.stdout
+    # The train launcher hands the finding to `train --kaggle` (kaggletrain.py): every part, in every layout.
+    assert "python -m landmark_kaggle.cli train --kaggle --set runtime.strategy=tpu" in proc.stdout
     assert find_shard_folders(inp) == [shards / "part-000", shards / "part-001"]
     proc = _plan("build-write", inp, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -142,6 +142,13 @@ def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, 
     inp = tmp_path / "input"
     sources = _marker_sources(tmp_path / "src")
     kaggle_input_tree(inp, "classic", {kernels.WHEEL_DATASET: ("dataset", wheel.parent)})
+    working = tmp_path / "working-train"
+    working.mkdir()
+    env = {**os.environ, KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working)}
+    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "train", "--kaggle"], env=env, cwd=working,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no shard dataset under" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
     kaggle_input_tree(inp, "classic", {COMPETITION: sources[COMPETITION]})
     proc = _plan("build-write", inp, tmp_path)
     assert proc.returncode == 1 and "landmark-kaggle: found no the output of `tfrec-builder clean`" in proc.stderr

@@ -88,6 +88,9 @@ class OptimConfig:
     decay_rate: float = 0.8
     min_lr: float = 1e-6
     clipnorm: float = 0.0
+    # AdamW's epsilon (Keras' default). A larger one stops the first steps from turning a near-zero gradient
+    # into a full ±learning-rate move: the equivalence tests use 1e-3 so that float round-off stays round-off.
+    epsilon: float = 1e-7
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ class Config:
             ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "must be in (0, 1]"),
             ("optim.min_lr", self.optim.min_lr >= 0, "must be >= 0"),
             ("optim.clipnorm", self.optim.clipnorm >= 0, "must be >= 0"),
+            ("optim.epsilon", self.optim.epsilon > 0, "must be > 0"),
             ("runtime.backend", self.runtime.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
             ("runtime.devices", valid_devices(self.runtime.devices),
              f"must be one of {', '.join(DEVICE_KINDS)} or cpu:N (N host devices, N >= 1)"),

@@ -88,14 +88,42 @@ class Runtime:
             model._distribute_strategy = None
 
     def sync(self, model: keras.Model) -> None:
-        """Make the variables hold the last step's values (JAX keeps them apart during an epoch)."""
+        """Make the variables hold one value each, the last step's: before validation and every checkpoint.
+
+        JAX keeps the training state apart from the variables during an epoch. Under tf.distribute each
+        replica updates its own copy of BatchNorm's moving statistics from its own share of the batch
+        (Keras 3 does not aggregate them), so the copies drift apart: a model saved from replica 0 would
+        not be the one that validated on replica 1, and a resume would lose the others. Every float
+        non-trainable variable is set to its mean over the replicas, as tf.keras's ON_READ mean did.
+        """
         if self.backend == "jax":
             model.jax_state_sync()
+        elif self.strategy is not None and self.replicas > 1:
+            _average_over_replicas(self.strategy, model)
 
     def describe(self) -> str:
         where = f"{self.replicas} {self.kind} replica(s)" if self.backend == "tensorflow" else \
             f"{len(self.devices)} {self.kind} device(s)"
         return f"{self.backend} {self.kind}, {where}, {self.precision}" + (f"; {self.note}" if self.note else "")
+
+
+def _average_over_replicas(strategy, model: keras.Model) -> None:
+    import tensorflow as tf
+
+    variables = [v.value for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if not variables:
+        return
+
+    def mean_of_copies():
+        # Inside a replica, each variable reads as that replica's copy; the all-reduce spans every worker.
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                              [tf.identity(v) for v in variables])
+
+    reduced = strategy.run(mean_of_copies)
+    for var, mean in zip(variables, reduced, strict=True):
+        for copy, value in zip(strategy.experimental_local_results(var), strategy.experimental_local_results(mean),
+                               strict=True):
+            copy.assign(value)
 
 
 class _ReplicaAxisModel(keras.Model):

@@ -1,9 +1,9 @@
 """``train --kaggle``: a Kaggle training session's inputs, found by what they hold, and the chain of sessions.
 
 Kaggle mounts attached datasets, Models and kernel outputs under the input
-root in several layouts (``paths``), so nothing here trusts a slug or a fixed
-path; folders at most five levels down are searched (GLDv2's image trees, folders
-of one-hex-character folders, are skipped):
+root in several layouts, so nothing here trusts a slug or a fixed path: every
+input is found by ``paths.find_inputs`` (five levels deep, GLDv2's image trees
+skipped), the same finder the submission and build kernels use:
 
 - shard datasets: a folder with ``label_map.csv`` and ``*.tfrec`` (``paths.find_inputs``: every part of
   a split build, the build-write kernels' outputs, also a part with only validation shards);
@@ -22,14 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from landmark_kaggle import paths
 from landmark_kaggle.errors import UserError
 
-MAX_DEPTH = 5
 STATE = Path("checkpoint") / "state.json"
 
 
@@ -43,37 +41,18 @@ class Session:
     ignored: list[str] = field(default_factory=list)  # checkpoints of other runs, with the reason
 
 
-def _image_tree(dirs: list[str]) -> bool:
-    """GLDv2's ``train/a/b/c/`` levels: (nearly) all sixteen one-hex-character folders. A Kaggle Model's
-    version folder (``.../<variation>/1/``) is one-character too, but alone."""
-    return sum(len(d) == 1 and d in "0123456789abcdef" for d in dirs) >= 8
-
-
-def walk(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[tuple[Path, list[str]]]:
-    """(folder, file names) for every folder at most ``max_depth`` below ``root``, image trees left out."""
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        depth = len(Path(folder).relative_to(root).parts)
-        dirs[:] = [] if depth >= max_depth or _image_tree(dirs) else sorted(dirs)
-        yield Path(folder), files
-
-
 def find_shard_folders(root: Path) -> list[Path]:
     """Every shard folder: all parts of a split build, also one that holds only validation shards."""
     return paths.find_inputs(root)["shards"]
 
 
 def find_previous_outputs(root: Path) -> list[Path]:
-    return [folder for folder, _ in walk(root) if (folder / STATE).is_file()]
+    return paths.find_inputs(root)["train_output"]
 
 
 def find_weight_files(root: Path) -> list[Path]:
-    """``.h5`` files that are not a checkpoint or a model folder's own weights."""
-    found = []
-    for folder, files in walk(root):
-        if folder.name == "checkpoint" or (folder / "label_map.csv").is_file():
-            continue
-        found += [folder / f for f in files if f.endswith(".h5")]
-    return sorted(found)
+    """Keras ``.h5`` files outside checkpoints and model folders (``paths.find_inputs``' ``weights``)."""
+    return [f for f in paths.find_inputs(root)["weights"] if f.name.endswith(".h5")]
 
 
 def backbone_weights(candidates: list[Path], cfg) -> Path | None:

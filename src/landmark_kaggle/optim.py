@@ -31,7 +31,8 @@ def make_loss(cfg: Config, class_counts=None) -> ArcFaceLoss:
 def make_optimizer(cfg: Config, steps_per_epoch: int, lr_factor: float = 1.0) -> keras.optimizers.Optimizer:
     o = cfg.optim
     return keras.optimizers.AdamW(learning_rate=schedule_from_config(cfg, steps_per_epoch, lr_factor),
-                                  weight_decay=o.weight_decay, global_clipnorm=o.clipnorm or None)
+                                  weight_decay=o.weight_decay, epsilon=o.epsilon,
+                                  global_clipnorm=o.clipnorm or None)
 
 
 def topk_metrics(num_classes: int) -> list:

@@ -275,6 +275,7 @@ class _Trainer:
             return
         row = {"epoch": e + 1, "lr": float(self.schedule.by_epoch(e)), **logs}
         t_val = time.monotonic()
+        self.rt.sync(self.model)  # one value per variable: what validates is what gets saved
         if has_val:
             res = self._validate(batch)
             row.update({f"val_{k}": float(res[k]) for k in METRIC_COLUMNS if k in res})
