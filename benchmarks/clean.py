@@ -13,6 +13,7 @@ the largest class.
 
     python benchmarks/clean.py                 # full GLDv2 shape
     python benchmarks/clean.py --scale 0.1     # a tenth of the classes
+    python benchmarks/clean.py --dim 2560      # EfficientNet-B7's width (an 8 GB store at full scale)
 """
 
 from __future__ import annotations
@@ -64,25 +65,28 @@ def class_sizes(scale: float, max_class: int, rng: np.random.Generator) -> np.nd
     return np.concatenate(sizes)
 
 
-def make_store(root: Path, sizes: np.ndarray, outlier_fraction: float, rng: np.random.Generator) -> int:
+def make_store(root: Path, sizes: np.ndarray, outlier_fraction: float, rng: np.random.Generator,
+               dim: int = DIM) -> int:
     total = int(sizes.sum())
     lids = np.repeat(np.arange(len(sizes)), sizes)
     order = rng.permutation(total)  # train.csv is not grouped by class
     ids = np.array([f"{i:016x}" for i in rng.choice(2**62, size=total, replace=False)])
     pd.DataFrame({"id": ids, "landmark_id": lids[order]}).to_csv(root / "train.csv", index=False)
     writer = StoreWriter(root / "store", ids, {"backend": "synthetic", "weights_sha256": "none", "image_size": 0},
-                         DIM, chunk_size=1 << 16)
+                         dim, chunk_size=1 << 16)
+    # The same pairwise cosine (~0.8) in any width: the per-axis noise shrinks as 1/sqrt(dim).
+    sigma = 0.022 * (DIM / dim) ** 0.5
     pos = np.empty(total, dtype=np.int64)
     pos[order] = np.arange(total)  # store row of the j-th image in class order
     noisy, start = [], 0
     for n in sizes:
-        center = rng.normal(size=DIM)
+        center = rng.normal(size=dim)
         center /= np.linalg.norm(center)
-        x = center + 0.022 * rng.normal(size=(n, DIM))
+        x = center + sigma * rng.normal(size=(n, dim))
         if n >= 3:
             k = rng.binomial(n, outlier_fraction)
             bad = rng.choice(n, size=min(k, n // 2), replace=False)
-            x[bad] = rng.normal(size=(len(bad), DIM))
+            x[bad] = rng.normal(size=(len(bad), dim))
             noisy.extend(ids[pos[start + bad]])
         writer.matrix[pos[start:start + n]] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
         start += n
@@ -176,14 +180,15 @@ def main() -> int:
     parser.add_argument("--scaling", default="1000,2500,5000,10000,20000", help="class sizes for the scaling table")
     parser.add_argument("--sklearn-upto", type=int, default=5000)
     parser.add_argument("--keep", default=None, help="keep the generated data in this folder")
+    parser.add_argument("--dim", type=int, default=DIM, help="embedding width (512; EfficientNet-B7: 2560)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     root = Path(args.keep or tempfile.mkdtemp(prefix="clean-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     sizes = class_sizes(args.scale, args.max_class, rng)
     t = time.perf_counter()
-    planted = make_store(root, sizes, args.outliers, rng)
-    print(f"generated {len(sizes)} classes, {sizes.sum()} embeddings x {DIM} (largest class {sizes.max()}), "
+    planted = make_store(root, sizes, args.outliers, rng, args.dim)
+    print(f"generated {len(sizes)} classes, {sizes.sum()} embeddings x {args.dim} (largest class {sizes.max()}), "
           f"{planted} planted outliers in {time.perf_counter() - t:.0f}s")
     with RSSPeak() as peak:
         t = time.perf_counter()

@@ -8,6 +8,8 @@ over these live in ``conftest.py``.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -269,6 +271,29 @@ def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
         ids.append(image_id)
     pd.DataFrame({"id": sorted(ids), "landmarks": ""}).to_csv(out / "sample_submission.csv", index=False)
     return out
+
+
+def run_kernel(name: str, inp: Path, working: Path, rendered: Path, *, python=sys.executable,
+               settings: list[str] = (), timeout: int = 900) -> subprocess.CompletedProcess:
+    """Render kernel ``name`` as ``kernels push`` sends it and run it as Kaggle would: cwd = the working root,
+    the roots moved by the environment, no package index, none of this checkout on the path.
+
+    ``settings`` go to the kernel's command as ``--set`` through LANDMARK_KAGGLE_ARGS (kernels/prelude.py).
+    """
+    from landmark_kaggle import kernels
+    from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+
+    working.mkdir(parents=True)
+    folder = kernels.render_kernel(name, "alice", rendered)
+    script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "KERAS_BACKEND", "XLA_FLAGS")}
+    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
+                "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if settings:
+        env["LANDMARK_KAGGLE_ARGS"] = shlex.join(a for s in settings for a in ("--set", s))
+    return subprocess.run([str(python), str(script)], cwd=working, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------

@@ -32,6 +32,7 @@ class Kaggle:
     outputs: dict = field(default_factory=dict)  # "owner/slug" -> {file name: bytes}
     logs: dict = field(default_factory=dict)  # "owner/slug" -> log text
     submissions: int = 0
+    created: set = field(default_factory=set)  # "owner/slug" of the datasets `datasets create` made here
     port: int = 0  # set by start()
 
     def posts(self, method: str) -> list[dict]:
@@ -119,6 +120,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _StartBlobUpload(self, body):  # noqa: N802
         n = len(self.world.requests)
         return {"token": f"blob-token-{n}", "createUrl": f"http://localhost/upload/{n}"}
+
+    def _GetDatasetStatus(self, body):  # noqa: N802
+        # `datasets create` asks first and refuses a slug in use: only the datasets made here, or listed, exist.
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.world.created | (self.world.datasets or set()):
+            return 404, {"code": 404, "message": "Not found"}
+        return {"status": "ready"}
+
+    def _CreateDataset(self, body):  # noqa: N802
+        self.world.created.add(f"{body.get('ownerSlug')}/{body.get('slug')}")
+        return self._dataset(body)
 
     def _dataset(self, body):
         return {"ref": "alice/dataset", "url": "http://localhost/datasets/alice/dataset", "status": "ok",

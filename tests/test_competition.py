@@ -12,13 +12,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLI, score_json
+from helpers import CLI, run_kernel, score_json
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +153,7 @@ def test_the_cli_takes_several_models(world, ensemble, tmp_path):
 def test_submission_kernel_with_two_models_every_option(world, ensemble, tmp_path):
     """The kernel as Kaggle runs it, two model datasets attached, settings from the models' config.json."""
     from landmark_kaggle import kernels
-    from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+    from landmark_kaggle.paths import COMPETITION
     from landmark_kaggle.submission import read_submission, validate_submission
 
     inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
@@ -171,12 +170,7 @@ def test_submission_kernel_with_two_models_every_option(world, ensemble, tmp_pat
         cfg = json.loads((folder / "config.json").read_text())
         cfg["inference"].update(settings)
         (folder / "config.json").write_text(json.dumps(cfg))
-    working.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    script = kernels.render_kernel("submission", "alice", tmp_path / "rendered") / "submission.py"
-    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = run_kernel("submission", inp, working, tmp_path / "rendered")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scoring glr2020_1st, 2 model(s)" in proc.stdout
     sub_path = working / "submission.csv"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from helpers import LAYOUTS, input_path
 
-from landmark_kaggle import kernels, paths, predict, retrieval, train
+from landmark_kaggle import embstore, kernels, paths, predict, retrieval, train
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.model import MODEL_FOLDER_FILES, WEIGHTS_FILE
+from tfrec_builder import clean
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,8 @@ def _tree(root: Path, layout: str) -> dict:
         ("competition", "competition", paths.COMPETITION), ("wheel", "dataset", "landmark-kaggle-wheel"),
         ("model", "model", "landmark-kaggle-model"), ("index", "dataset", "landmark-kaggle-index"),
         ("distractors", "dataset", "landmark-kaggle-distractors"), ("shards", "dataset", "landmark-kaggle-tfrec"),
-        ("weights", "dataset", "efficientnetv2-weights"), ("train_output", "dataset", "landmark-kaggle-train")]}
+        ("weights", "dataset", "efficientnetv2-weights"), ("train_output", "dataset", "landmark-kaggle-train"),
+        ("build_embed", "dataset", "landmark-kaggle-build-embed")]}
     comp = at["competition"]
     _touch(comp / "sample_submission.csv", "id,landmarks\n")
     _touch(comp / "train.csv", "id,landmark_id\n")
@@ -58,7 +60,15 @@ def _tree(root: Path, layout: str) -> dict:
     _touch(out / "model" / "checkpoint" / "state.json", "{}")
     _model(out / "model")
     _touch(out / "model" / "checkpoint" / "state-000000004.weights.h5")  # a checkpoint, not backbone weights
-    return {"competition": [comp], "wheel": [wheel], "model": [at["model"], out / "model"], "index": [at["index"]],
+    # The build-embed kernel's output: its store and the clean beside it.
+    store, clean = at["build_embed"] / "embeddings", at["build_embed"] / "clean"
+    for name in paths.STORE_MARKERS:
+        _touch(store / name)
+    _touch(store / "chunks" / "00000.json")
+    for name in (*paths.CLEAN_MARKERS, "classes.csv"):
+        _touch(clean / name)
+    return {"embeddings": [store], "clean": [clean],
+            "competition": [comp], "wheel": [wheel], "model": [at["model"], out / "model"], "index": [at["index"]],
             "distractors": [at["distractors"]], "shards": parts, "weights": [weights],
             "train_output": [out / "model"]}
 
@@ -83,6 +93,8 @@ def test_the_markers_are_the_ones_the_writers_use():
     assert WEIGHTS_FILE in paths.MODEL_MARKERS
     assert paths.INDEX_MARKER == retrieval.INDEX_META
     assert paths.CHECKPOINT_MARKER == (train.CHECKPOINT_DIR, train.STATE_FILE)
+    assert paths.STORE_MARKERS == (embstore.META, embstore.IDS, embstore.MATRIX)
+    assert paths.CLEAN_MARKERS == (clean.OUTLIERS_CSV, clean.REPORT_JSON)
 
 
 def test_two_candidates_none_and_too_deep_are_clear(tmp_path):

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import LAYOUTS, competition_folder, kaggle_input_tree
+from helpers import LAYOUTS, competition_folder, kaggle_input_tree, run_kernel
 
 from landmark_kaggle import kernels
-from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+from landmark_kaggle.paths import COMPETITION
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / ".venv-kaggle-gpu"
@@ -156,14 +156,6 @@ def test_the_model_folder_loads_and_agrees_on_kaggles_image(standin, wheel, worl
     assert (a["cos"].argmax(1) == b["cos"].argmax(1)).all()
 
 
-def _run_kernel(python: Path, inp: Path, working: Path, rendered: Path) -> subprocess.CompletedProcess:
-    working.mkdir(parents=True)
-    script = kernels.render_kernel("submission", "alice", rendered) / "submission.py"
-    env = _clean_env(**{KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    return subprocess.run([str(python), str(script)], cwd=working, env=env, capture_output=True, text=True,
-                          timeout=900)
-
-
 @pytest.fixture(scope="module")
 def project_submission(world, competition, tmp_path_factory) -> pd.DataFrame:
     """The same submission made in the project environment, for comparison."""
@@ -188,7 +180,7 @@ def test_submission_kernel_scores_the_real_photos_on_kaggles_image(standin, whee
         kernels.MODEL_DATASET: ("model", world["model"]), kernels.INDEX_DATASET: ("dataset", world["index"]),
         kernels.DISTRACTOR_DATASET: ("dataset", world["distractors"])})
     working = tmp_path / "kaggle" / "working"
-    proc = _run_kernel(standin, inp, working, tmp_path / "rendered")
+    proc = run_kernel("submission", inp, working, tmp_path / "rendered", python=standin)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("predict --kaggle: package "))
     assert "landmark_kaggle_" in line.split("package ", 1)[1].split(",", 1)[0]

@@ -13,18 +13,14 @@ offline submission kernel and ``score``.
 """
 
 import json
-import os
-import shlex
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
-from helpers import score_json, standin_python
+from helpers import run_kernel, score_json, standin_python
 
 from landmark_kaggle import kernels
-from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+from landmark_kaggle.paths import COMPETITION
 
 REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.batch_size=16",
              "train.steps_per_epoch=2", "optim.warmup_epochs=0", "data.deterministic=true", "data.shuffle_buffer=64",
@@ -34,16 +30,6 @@ REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.bat
 @pytest.fixture(scope="module")
 def tpu_python():
     return standin_python("tpu")
-
-
-def _kernel(python, script, inp, working, settings):
-    working.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND", "XLA_FLAGS")}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-                "LANDMARK_KAGGLE_ARGS": shlex.join(a for s in settings for a in ("--set", s))})
-    return subprocess.run([str(python), str(script)], cwd=working, env=env, capture_output=True, text=True,
-                          timeout=900)
 
 
 def _backbone_files(inp):
@@ -69,14 +55,16 @@ def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_ke
     kernels.build_wheel(inp / kernels.WHEEL_DATASET)
     shutil.copytree(shards, inp / "datasets" / "alice" / "landmark-kaggle-tfrec")
     weights = _backbone_files(inp)
-    script = kernels.render_kernel("train", "alice", tmp_path / "rendered") / "train.py"
+
+    def version(working, settings):
+        return run_kernel("train", inp, working, tmp_path / "rendered", python=tpu_python, settings=settings)
 
     # Asked for a TPU with none there, the kernel stops at once and trains nothing on the CPU.
-    no_tpu = _kernel(tpu_python, script, inp, tmp_path / "w0", ["data.image_size=32"])
+    no_tpu = version(tmp_path / "w0", ["data.image_size=32"])
     assert no_tpu.returncode == 2 and "no TPU" in no_tpu.stderr and "Traceback" not in no_tpu.stderr
     assert not (tmp_path / "w0" / "model").exists()
 
-    v1 = _kernel(tpu_python, script, inp, tmp_path / "w1", [*REHEARSAL, "train.epochs=1"])
+    v1 = version(tmp_path / "w1", [*REHEARSAL, "train.epochs=1"])
     assert v1.returncode == 0, v1.stderr[-3000:]
     assert "runtime: backend auto -> jax (runtime.devices = cpu:8 names JAX devices)" in v1.stdout
     assert "8 cpu device(s)" in v1.stdout and "host devices stand in for the TPU" in v1.stdout
@@ -88,7 +76,7 @@ def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_ke
 
     # Version 2: Kaggle mounts version 1's output (its whole working folder) among the inputs.
     shutil.copytree(tmp_path / "w1", inp / "landmark-kaggle-train")
-    v2 = _kernel(tpu_python, script, inp, tmp_path / "w2", [*REHEARSAL, "train.epochs=2"])
+    v2 = version(tmp_path / "w2", [*REHEARSAL, "train.epochs=2"])
     assert v2.returncode == 0, v2.stderr[-3000:]
     assert f"resuming from {inp / 'landmark-kaggle-train' / 'model'} (step 2)" in v2.stdout
     model2 = tmp_path / "w2" / "model"
@@ -104,12 +92,7 @@ def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_ke
     shutil.copytree(gld / "test", sub_in / COMPETITION / "test")
     shutil.copy2(gld / "sample_submission.csv", sub_in / COMPETITION / "sample_submission.csv")
     kernels.bundle(sub_in, "alice", model_dir=model2)
-    sub_work.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(sub_in), KAGGLE_WORKING_ENV: str(sub_work), "PIP_NO_INDEX": "1"})
-    sub_script = kernels.render_kernel("submission", "alice", tmp_path / "rendered-sub") / "submission.py"
-    proc = subprocess.run([sys.executable, str(sub_script)], cwd=sub_work, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = run_kernel("submission", sub_in, sub_work, tmp_path / "rendered-sub")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = score_json(gld / "solution.csv", sub_work / "submission.csv")
     ids = pd.read_csv(gld / "sample_submission.csv", dtype=str)["id"]

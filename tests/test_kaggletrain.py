@@ -67,3 +67,15 @@ def test_finders_and_the_copied_previous_output(shards, tmp_path, monkeypatch):
     again = prepare_session(cfg)
     assert again.previous is None and again.resume
     assert json.loads((working / "model" / "checkpoint" / "state.json").read_text())["global_step"] == 7
+
+
+def test_every_part_of_a_build_is_a_shard_folder_also_one_without_train_shards(tmp_path):
+    # split_parts spreads each split over the parts: a build with fewer train shards than parts has a part of
+    # validation shards only, which training still reads (its validation set).
+    for k, names in ((1, ["train-00000-of-00001.tfrec"]), (2, ["validation-00000-of-00001.tfrec"])):
+        part = tmp_path / f"landmark-kaggle-build-write-part-{k}" / "tfrec" / f"gldv2-tfrec-512-part-{k}"
+        part.mkdir(parents=True)
+        (part / "label_map.csv").write_text("label,landmark_id,count\n")
+        for name in names:
+            (part / name).write_bytes(b"")
+    assert [p.name for p in find_shard_folders(tmp_path)] == ["gldv2-tfrec-512-part-1", "gldv2-tfrec-512-part-2"]

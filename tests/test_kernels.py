@@ -20,9 +20,11 @@ from helpers import LAYOUTS, kaggle_input_tree, score_json
 
 from landmark_kaggle import kernels
 from landmark_kaggle.kaggletrain import find_shard_folders
+from landmark_kaggle.kernels_build import WRITE_SLUG, WRITE_TITLE
 from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
 
 SHARDS_DATASET = "landmark-kaggle-tfrec"
+EMBED_OUTPUT = "landmark-kaggle-build-embed"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,11 +35,19 @@ def test_submission_metadata_is_the_offline_competition_kernel():
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
     assert meta["competition_sources"] == [COMPETITION]
     assert {s.split("/")[1] for s in meta["dataset_sources"]} >= {kernels.WHEEL_DATASET, kernels.MODEL_DATASET}
-    for name in ("train", "build"):
+    for name in ("train", "build-embed", "build-write"):
         sub = json.loads((REPO / kernels.KERNEL_TEMPLATES[name]).read_text())
         assert "enable_internet" in sub
         assert (REPO / kernels.KERNEL_TEMPLATES[name]).parent.joinpath(sub["code_file"]).is_file()
     assert json.loads((REPO / kernels.KERNEL_TEMPLATES["train"]).read_text())["enable_tpu"] is True
+    embed = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-embed"]).read_text())
+    assert embed["enable_gpu"] is True and embed["enable_internet"] is True
+    write = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-write"]).read_text())
+    assert write["enable_gpu"] is False and write["enable_internet"] is False
+    # build-write's part 1 is what `push build-write --part k` rewrites; it reads build-embed's clean/.
+    assert write["id"] == f"{kernels.PLACEHOLDER}/{WRITE_SLUG.format(k=1)}"
+    assert write["title"] == WRITE_TITLE.format(k=1)
+    assert write["kernel_sources"] == [embed["id"]]
 
 
 @pytest.mark.slow
@@ -72,27 +82,6 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
 
 
-@pytest.mark.slow
-def test_build_kernel_writes_shards_from_the_competition_folder(world, tmp_path):
-    from landmark_kaggle.records import list_shards
-
-    inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
-    shutil.copytree(world["root"], inp / COMPETITION)
-    kernels.build_wheel(inp / kernels.WHEEL_DATASET)
-    working.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    script = kernels.render_kernel("build", "alice", tmp_path / "rendered") / "build.py"
-    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((working / "tfrec" / "manifest.json").read_text())
-    train = pd.read_csv(inp / COMPETITION / "train.csv")
-    assert list_shards(str(working / "tfrec"), "train")
-    assert manifest["input"] == len(train)
-    assert sum(manifest["written"].values()) + manifest["removed"] + manifest["failed"] == len(train)
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     return kernels.build_wheel(tmp_path_factory.mktemp("wheel") / kernels.WHEEL_DATASET)
@@ -102,8 +91,9 @@ def _plan(name: str, inp: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     """Run launcher NAME as Kaggle would, with LANDMARK_KAGGLE_PLAN=1: it installs the wheel, finds its
     inputs and prints the command it would run, without running it."""
     working = tmp_path / f"working-{name}"
-    working.mkdir()
-    script = kernels.render_kernel(name, "alice", tmp_path / f"rendered-{name}") / f"{name}.py"
+    working.mkdir(exist_ok=True)
+    folder = kernels.render_kernel(name, "alice", tmp_path / f"rendered-{name}")
+    script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
                 "LANDMARK_KAGGLE_PLAN": "1"})
@@ -112,7 +102,7 @@ def _plan(name: str, inp: Path, tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def _marker_sources(root: Path) -> dict:
-    """A competition folder and a two-part shard dataset, as far as finding them goes (nothing is read)."""
+    """A competition folder, a two-part shard dataset and build-embed's output, as far as finding them goes."""
     comp = root / "comp"
     (comp / "test" / "0" / "1" / "2").mkdir(parents=True)
     (comp / "sample_submission.csv").write_text("id,landmarks\n")
@@ -121,7 +111,11 @@ def _marker_sources(root: Path) -> dict:
         (root / "tfrec" / part).mkdir(parents=True)
         (root / "tfrec" / part / "label_map.csv").write_text("label,landmark_id,count\n")
         (root / "tfrec" / part / "train-00000-of-00001.tfrec").write_bytes(b"")
-    return {COMPETITION: ("competition", comp), SHARDS_DATASET: ("dataset", root / "tfrec")}
+    for name in ("outliers.csv", "report.json"):
+        (root / "embed" / "clean").mkdir(parents=True, exist_ok=True)
+        (root / "embed" / "clean" / name).write_text("")
+    return {COMPETITION: ("competition", comp), SHARDS_DATASET: ("dataset", root / "tfrec"),
+            EMBED_OUTPUT: ("dataset", root / "embed")}
 
 
 @pytest.mark.slow
@@ -136,9 +130,11 @@ def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, whe
     # The train launcher hands the finding to `train --kaggle` (kaggletrain.py): every part, in every layout.
     assert "python -m landmark_kaggle.cli train --kaggle --set runtime.strategy=tpu" in proc.stdout
     assert find_shard_folders(inp) == [shards / "part-000", shards / "part-001"]
-    proc = _plan("build", inp, tmp_path)
+    proc = _plan("build-write", inp, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"python -m tfrec_builder.cli write {placed[COMPETITION]} --out tfrec" in proc.stdout
+    assert (f"python -m tfrec_builder.cli write {placed[COMPETITION]} --outliers "
+            f"{placed[EMBED_OUTPUT] / 'clean' / 'outliers.csv'} --out tfrec --part 1 "
+            "--dataset-id alice/gldv2-tfrec-512") in proc.stdout
 
 
 @pytest.mark.slow
@@ -153,9 +149,12 @@ def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, 
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no shard dataset under" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    # The competition attached in two layouts at once (an old and a new mount): which one is meant is unclear.
     kaggle_input_tree(inp, "classic", {COMPETITION: sources[COMPETITION]})
+    proc = _plan("build-write", inp, tmp_path)
+    assert proc.returncode == 1 and "landmark-kaggle: found no the output of `tfrec-builder clean`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The competition attached in two layouts at once (an old and a new mount): which one is meant is unclear.
     kaggle_input_tree(inp, "new", {COMPETITION: sources[COMPETITION]})
-    proc = _plan("build", inp, tmp_path)
+    proc = _plan("build-write", inp, tmp_path)
     assert proc.returncode == 1 and "found 2 candidates for the competition data" in proc.stderr
     assert str(inp / COMPETITION) in proc.stderr and str(inp / "competitions" / COMPETITION) in proc.stderr

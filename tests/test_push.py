@@ -85,7 +85,8 @@ def test_push_train_continue_attaches_the_kernels_own_last_output(tmp_path, kagg
     assert body["kernelDataSources"] == ["alice/landmark-kaggle-train"]
     assert body["enableTpu"] is True and body["machineShape"] == "TpuV5E8"
     proc = _cli(["kernels", "push", "submission", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
-    assert proc.returncode == 2 and "--continue is for the train kernel" in proc.stderr and len(seen) == 1
+    assert proc.returncode == 2 and "--continue is for the train and build-embed kernels" in proc.stderr
+    assert len(seen) == 1
 
 
 def test_an_error_from_kaggle_is_one_clear_line(tmp_path, kaggle_env, kaggle_server):
@@ -103,9 +104,9 @@ def test_user_name_from_kaggle_config_file(tmp_path, kaggle_env, kaggle_server):
     cfg = Path(env["KAGGLE_CONFIG_DIR"])
     cfg.mkdir()
     (cfg / "kaggle.json").write_text(json.dumps({"username": "bob", "key": SECRET}))
-    proc = _cli(["kernels", "push", "build", "--out", str(tmp_path / "k")], env, tmp_path)
+    proc = _cli(["kernels", "push", "build-embed", "--out", str(tmp_path / "k")], env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert seen[0]["body"]["slug"] == "bob/landmark-kaggle-build"
+    assert seen[0]["body"]["slug"] == "bob/landmark-kaggle-build-embed"
     assert seen[0]["body"]["competitionDataSources"] == ["landmark-recognition-2021"]
 
 
@@ -212,3 +213,119 @@ def test_datasets_uploads_each_bundle_with_the_real_client(tmp_path, kaggle_env,
     assert all(b["body"]["versionNotes"] == "v2 weights" for b in bodies)
     for r in seen:
         assert SECRET not in json.dumps(r["body"] if r["method"] == "POST" else ""), r["path"]
+
+
+def test_push_build_embed_is_a_gpu_kernel_with_internet_that_continues_its_last_version(tmp_path, kaggle_env,
+                                                                                      kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "build-embed", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    proc = _cli(["kernels", "push", "build-embed", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "pushed alice/landmark-kaggle-build-embed version 8" in proc.stdout
+    first, again = seen[0]["body"], seen[1]["body"]
+    for body in (first, again):
+        assert body["slug"] == "alice/landmark-kaggle-build-embed"
+        assert body["enableGpu"] is True and body["enableInternet"] is True and body.get("enableTpu", False) is False
+        assert body["machineShape"] == "NvidiaTeslaT4"
+        assert body["competitionDataSources"] == ["landmark-recognition-2021"]
+        assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel"]
+        assert body["text"] == kernels.render_code(REPO / "kernels" / "build-embed" / "build_embed.py")
+    assert not first.get("kernelDataSources")
+    # --continue: the kernel's own last version's output is attached, so the store carries on.
+    assert again["kernelDataSources"] == ["alice/landmark-kaggle-build-embed"]
+
+
+def test_push_build_write_part_k_is_its_own_cpu_kernel(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    for k in (1, 3):
+        proc = _cli(["kernels", "push", "build-write", "--part", str(k), "--out", str(tmp_path / "k")],
+                    kaggle_env, tmp_path)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert f"kernels status alice/landmark-kaggle-build-write-part-{k}`" in proc.stdout
+        record = json.loads((tmp_path / "k" / f"build-write-part-{k}" / kernelcli.PUSH_RECORD).read_text())
+        assert record["kernel"] == f"alice/landmark-kaggle-build-write-part-{k}" and record["version"] == 7
+    for k, req in zip((1, 3), seen, strict=True):
+        body = req["body"]
+        assert body["slug"] == f"alice/landmark-kaggle-build-write-part-{k}"
+        assert body["newTitle"] == f"Landmark Kaggle Build Write Part {k}"
+        assert body["enableGpu"] is False and body["enableInternet"] is False and not body.get("machineShape")
+        assert body["competitionDataSources"] == ["landmark-recognition-2021"]
+        assert body["kernelDataSources"] == ["alice/landmark-kaggle-build-embed"]
+        assert f'PART = "{k}"' in body["text"] and '"--dataset-id", "alice/gldv2-tfrec-512"' in body["text"]
+        assert kernels.PLACEHOLDER not in body["text"]
+        compile(body["text"], "build_write.py", "exec")
+
+
+def _parted_build(root: Path) -> Path:
+    from landmark_kaggle.sample import make_sample
+    from tfrec_builder.write import write_dataset
+
+    make_sample(root / "gld", num_classes=4, max_per_class=8, image_size=(48, 64))
+    write_dataset(root / "gld", root / "tfrec", image_size=56, shard_mb=0.004, val_fraction=0.25, workers=1,
+                  progress=False, dataset_id="alice/gld-push-56", max_part_gb=0.000022)
+    return root / "tfrec"
+
+
+def test_push_train_attaches_the_shards_of_every_part(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "train", "--shards", "3", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    body = seen[0]["body"]
+    assert body["kernelDataSources"] == [f"alice/landmark-kaggle-build-write-part-{k}" for k in (1, 2, 3)]
+    assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel"]
+    # Parts built here and uploaded as datasets: their own ids.
+    tfrec = _parted_build(tmp_path / "local")
+    ids = [json.loads(p.read_text())["id"] for p in sorted(tfrec.glob("*/dataset-metadata.json"))]
+    assert len(ids) >= 3
+    proc = _cli(["kernels", "push", "train", "--shards", str(tfrec), "--continue", "--out", str(tmp_path / "k")],
+                kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert seen[1]["body"]["datasetDataSources"] == ["alice/landmark-kaggle-wheel", *ids]
+    assert seen[1]["body"]["kernelDataSources"] == ["alice/landmark-kaggle-train"]
+
+
+def test_build_options_on_the_wrong_kernel_are_refused_before_any_request(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    for args, said in ((["train", "--part", "2"], "--part is for the build-write kernel"),
+                       (["build-embed", "--shards", "3"], "--shards is for the train kernel"),
+                       (["train", "--shards", "zero"], "neither a number of build-write parts nor a folder"),
+                       (["build-write", "--part", "0"], "--part 0 must be 1 or more"),
+                       (["build-write", "--continue"], "--continue is for the train and build-embed kernels")):
+        proc = _cli(["kernels", "push", *args, "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert seen == []
+
+
+def test_datasets_uploads_each_part_of_a_local_build(tmp_path, kaggle_env, kaggle_server):
+    world, seen = kaggle_server
+    tfrec = _parted_build(tmp_path / "local")
+    parts = sorted(p.parent for p in tfrec.glob("*/dataset-metadata.json"))
+    assert len(parts) >= 3
+    proc = _cli(["kernels", "datasets", "--parts", str(tfrec), "--new"], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert f"uploaded {len(parts)} datasets" in proc.stdout
+    creates = world.posts("CreateDataset")
+    assert sorted((c["ownerSlug"], c["slug"]) for c in creates) == sorted(("alice", p.name) for p in parts)
+    assert all(c["title"].startswith("GLDv2 TFRecords 56px part ") for c in creates)
+    uploaded = sorted(r["body"]["name"] for r in seen if r["path"].endswith("/StartBlobUpload"))
+    # Every file of every part folder but the metadata, which travels in the request (the .build/
+    # bookkeeping is a sub-folder: the client skips it).
+    assert uploaded == sorted(f.name for p in parts for f in p.iterdir()
+                              if f.is_file() and f.name != "dataset-metadata.json")
+    # Created once: a second `--new` is refused by Kaggle, and says so in one line.
+    proc = _cli(["kernels", "datasets", "--parts", str(parts[0]), "--new"], kaggle_env, tmp_path)
+    assert proc.returncode == 2 and "already in use" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_args_travel_in_the_pushed_script(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    proc = _cli(["kernels", "push", "build-embed", "--args", "--image-size 300 --batch-size 16",
+                 "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    text = seen[0]["body"]["text"]
+    compile(text, "build_embed.py", "exec")
+    line = next(x for x in text.splitlines() if x.endswith("# kernels push --args"))
+    assert "'--image-size 300 --batch-size 16'" in line
+    # After the prelude (which reads the variable when it runs the command), before the launcher's own code.
+    assert text.index("# ---- end of kernels/prelude.py ----") < text.index(line) < text.index("sys.exit(run(")

@@ -41,6 +41,10 @@ from landmark_kaggle.fileio import atomic_path, atomic_write_json
 from landmark_kaggle.gld import BUCKETS, bucket_of, load_train_index
 from tfrec_builder import cluster
 
+# What the build-write kernel finds a clean output by (landmark_kaggle.paths.CLEAN_MARKERS).
+OUTLIERS_CSV = "outliers.csv"
+REPORT_JSON = "report.json"
+
 DEFAULT_EPS = 0.33
 # A task is a batch of classes sent to one worker; big enough to amortise process hops.
 TASK_ROWS = 20000
@@ -194,8 +198,8 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
     out_dir.mkdir(parents=True, exist_ok=True)
     # A rerun recomputes everything (minutes at GLDv2 scale); what must never happen is a
     # later stage reading half a file, so each output appears whole or not at all.
-    (out_dir / "report.json").unlink(missing_ok=True)
-    _atomic_csv(outliers, out_dir / "outliers.csv")
+    (out_dir / REPORT_JSON).unlink(missing_ok=True)
+    _atomic_csv(outliers, out_dir / OUTLIERS_CSV)
     _atomic_csv(classes, out_dir / "classes.csv")
     unembedded = frame["id"].to_numpy()[~usable]
     sheet_paths = []
@@ -208,7 +212,7 @@ def clean_dataset(store_path, data_dir, out_dir, *, eps: float | str = DEFAULT_E
                           min_class_size=min_class_size, jobs=jobs, sklearn_max_class=cluster.SKLEARN_MAX,
                           center=center))
     report["seconds"] = round(time.time() - start, 3)
-    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_json(out_dir / REPORT_JSON, report)
     return report
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from landmark_kaggle.embstore import StoreError, StoreWriter, probe_image
+from landmark_kaggle.errors import UserError
 from landmark_kaggle.gld import load_train_index
 from tfrec_builder.backends import Backend, build_backend, l2_normalize
 
@@ -89,12 +90,16 @@ def verify_rows(writer: StoreWriter, backend: Backend, paths: np.ndarray, batch_
 
 def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str | None = None,
                   image_size: int | None = None, batch_size: int = 32, chunk_size: int = DEFAULT_CHUNK,
-                  max_chunks: int | None = None, workers: int = 4, seed: int = 0, progress: bool = True) -> Path:
+                  max_chunks: int | None = None, workers: int = 4, seed: int = 0, progress: bool = True,
+                  time_budget: float | None = None) -> Path:
     """Embed the training images of ``data_dir`` into ``out_store``; returns the store path.
 
-    ``max_chunks`` stops after that many new chunks (the store stays resumable),
-    so a long embed can be spread over several time-limited sessions.
+    ``max_chunks`` stops after that many new chunks, ``time_budget`` (seconds from
+    this call) before the chunk that would probably end past it; either way the
+    store stays resumable, so a long embed can be spread over several
+    time-limited sessions. At least one chunk is embedded per call.
     """
+    started = time.time()
     index = load_train_index(data_dir)
     if isinstance(backend, str):
         backend = build_backend(backend, weights, image_size, seed)
@@ -120,7 +125,12 @@ def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str |
             return list(pool.map(read_image, paths[writer.chunk_rows(k)]))
 
         ahead = reader.submit(decode, todo[0]) if todo else None
+        loop_start = time.time()
         for n, k in enumerate(todo):
+            # Chunks take about equally long: stop before one that would end past the budget.
+            if time_budget is not None and n and time.time() + (time.time() - loop_start) / n > started + time_budget:
+                todo = todo[:n]
+                break
             sl = writer.chunk_rows(k)
             decoded = ahead.result()
             if n + 1 < len(todo):
@@ -146,12 +156,13 @@ def embed_dataset(data_dir, out_store, backend: str | Backend, *, weights: str |
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="GLDv2 folder (train.csv or train_clean.csv, train/a/b/c/*.jpg)")
-    parser.add_argument("--out", required=True, help="embeddings store folder (created, or resumed if it exists)")
+    parser.add_argument("--data", help="GLDv2 folder (train.csv or train_clean.csv, train/a/b/c/*.jpg)")
+    parser.add_argument("--out", help="embeddings store folder (created, or resumed if it exists)")
     parser.add_argument("--backend", required=True,
                         help="keras:<App> | mmseg:<config> | model:<MODEL_DIR> | avg:<a>+<b>+...")
     parser.add_argument("--weights", default=None,
-                        help="local weights file, or 'none' for random weights (tests only)")
+                        help="local weights file, 'imagenet' to let Keras download them (needs a network), "
+                             "or 'none' for random weights (tests only)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size (keras default 224, mmseg 512; a model folder uses its own)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -160,10 +171,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after this many chunks (resume later with the same command)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-reading threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
+    parser.add_argument("--time-budget", default=None, metavar="DURATION",
+                        help="stop cleanly before a chunk that would end past this (e.g. 11h, 90m; resume later "
+                             "with the same command); --kaggle: 11h")
+    parser.add_argument("--kaggle", action="store_true",
+                        help="a Kaggle kernel: the competition folder, weights and a previous version's store are "
+                             "found among the inputs, the store goes to the working folder's embeddings/, and "
+                             "clean/ follows once it is complete (tfrec_builder.onkaggle)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kaggle:
+        return run_kaggle(args)
+    if not args.data or not args.out:
+        raise UserError("embed needs --data and --out (or --kaggle)")
+    budget = None
+    if args.time_budget:
+        from landmark_kaggle.config import parse_duration
+
+        budget = parse_duration(args.time_budget)
     embed_dataset(args.data, args.out, args.backend, weights=args.weights, image_size=args.image_size,
                   batch_size=args.batch_size, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
-                  workers=args.workers, seed=args.seed)
+                  workers=args.workers, seed=args.seed, time_budget=budget)
+    return 0
+
+
+def run_kaggle(args: argparse.Namespace) -> int:
+    """The build-embed kernel: continue the store within the time budget; once it is complete, clean."""
+    from tfrec_builder import onkaggle
+    from tfrec_builder.clean import clean_dataset
+
+    if args.data or args.out:
+        raise UserError("--kaggle finds the data and writes to the working folder: drop --data and --out")
+    plan = onkaggle.embed_plan(args)
+    try:
+        embed_dataset(plan["data"], plan["store"], args.backend, weights=plan["weights"], image_size=args.image_size,
+                      batch_size=args.batch_size, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
+                      workers=args.workers, seed=args.seed, time_budget=plan["deadline"] - time.time())
+    except StoreError as exc:
+        if plan["previous"] is None:
+            raise
+        raise onkaggle.resumed_store_error(exc, plan["previous"]) from None
+    if not onkaggle.store_complete(plan["store"]):
+        return 0
+    # The poster's settings (clean's defaults); a CPU kernel running `clean --kaggle` can choose others.
+    print(onkaggle.clean_summary(clean_dataset(plan["store"], plan["data"], plan["clean"]), plan["clean"]))
     return 0

@@ -2,7 +2,8 @@
 
 * ``keras:<Application>``: any keras.applications model, ``include_top=False``
   and global average pooling, the application's own preprocessing; ImageNet
-  weights from a local file (no network here), ``--weights none`` for random.
+  weights from a local file (no network here), ``--weights imagenet`` to let
+  Keras download them (a Kaggle build kernel with internet on), ``--weights none`` for random.
 * ``model:<MODEL_DIR>``: the L2-normalised ``embedding`` layer of a
   landmark-kaggle model folder, fed through the package's eval path; needs no
   pretrained weights, so a model trained on the noisy data can clean it.
@@ -54,6 +55,21 @@ def keras_imagenet_file(factory, kwargs: dict) -> tuple[str, str, Path]:
     return seen["fname"], seen["origin"], cache
 
 
+def fetch_imagenet_file(fname: str, origin: str, cache: Path, what: str) -> Path:
+    """Download the ImageNet weights Keras would fetch into its cache (``--weights imagenet``: build kernels
+    may use the internet); a failed download names the file to provide instead."""
+    from keras.utils import get_file
+
+    # Keras falls back to /tmp/.keras when the cache folder is not there yet.
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path = get_file(fname=fname, origin=origin, cache_subdir=cache.parent.name, cache_dir=str(cache.parent.parent))
+    except Exception as exc:  # noqa: BLE001 (urllib, http and ssl errors all mean "no file")
+        raise BackendError(f"{what}: cannot download {origin} ({type(exc).__name__}: {exc}); attach a file "
+                           f"{fname} and pass --weights PATH (turn the kernel's internet on to download)") from None
+    return Path(path)
+
+
 class KerasBackend(Backend):
     def __init__(self, app: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
         import keras
@@ -65,13 +81,17 @@ class KerasBackend(Backend):
         kwargs = {"include_top": False, "pooling": "avg", "input_shape": (self.image_size, self.image_size, 3)}
         if "include_preprocessing" in factory.__code__.co_varnames:
             kwargs["include_preprocessing"] = True
-        if weights is None:
+        if weights is None or str(weights).lower() == "imagenet":
             fname, origin, cache = keras_imagenet_file(factory, kwargs)
-            if not cache.is_file():
+            if cache.is_file():
+                weights = str(cache)
+            elif weights is not None:
+                weights = str(fetch_imagenet_file(fname, origin, cache, self.name))
+            else:
                 raise BackendError(f"keras:{app} needs ImageNet weights and there is no network: download {origin} "
                                    f"elsewhere and pass --weights /path/to/{fname} (or put it at {cache}, "
-                                   "where Keras looks first); --weights none gives random weights")
-            weights = str(cache)
+                                   "where Keras looks first); --weights imagenet downloads it where there is a "
+                                   "network; --weights none gives random weights")
         if str(weights).lower() == "none":
             keras.utils.set_random_seed(seed)
             self.weights, self.weights_sha256 = "none", f"random:seed{seed}"

@@ -113,6 +113,8 @@ def build_index(model_dir, out: str | os.PathLike, *, data=None, images: str | N
     from landmark_kaggle import pipeline as P
     from landmark_kaggle.ensemble import load_embedder
 
+    if data is not None:
+        P.read_data_label_map(data)  # several folders: the parts of one build, else an error naming two maps
     embedder = load_embedder(model_dir, overrides)
     batch_size = batch_size or embedder.config.inference.batch_size
     if (data is None) == (images is None):

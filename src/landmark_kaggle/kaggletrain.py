@@ -5,7 +5,8 @@ root in several layouts, so nothing here trusts a slug or a fixed path: every
 input is found by ``paths.find_inputs`` (five levels deep, GLDv2's image trees
 skipped), the same finder the submission and build kernels use:
 
-- shard datasets: a folder with ``label_map.csv`` and ``train-*-of-*.tfrec``;
+- shard datasets: a folder with ``label_map.csv`` and ``*.tfrec`` (``paths.find_inputs``: every part of
+  a split build, the build-write kernels' outputs, also a part with only validation shards);
 - a previous session's output: a folder with ``checkpoint/state.json`` made
   with this run's settings (this kernel's last version, attached through
   ``kernel_sources`` by ``kernels push train --continue``; an earlier stage's
@@ -24,7 +25,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from landmark_kaggle import paths, records
+from landmark_kaggle import paths
 from landmark_kaggle.errors import UserError
 
 STATE = Path("checkpoint") / "state.json"
@@ -41,8 +42,8 @@ class Session:
 
 
 def find_shard_folders(root: Path) -> list[Path]:
-    """Every shard folder (each part of a build) under ``root`` that holds training shards."""
-    return [f for f in paths.find_inputs(root)["shards"] if records.list_shards(str(f), "train")]
+    """Every shard folder: all parts of a split build, also one that holds only validation shards."""
+    return paths.find_inputs(root)["shards"]
 
 
 def find_previous_outputs(root: Path) -> list[Path]:

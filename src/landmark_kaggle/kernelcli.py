@@ -1,8 +1,10 @@
 """The ``landmark-kaggle kernels`` command: the whole Kaggle loop through the real ``kaggle`` client.
 
 ``bundle`` packs the wheel, model and indexes as dataset folders, ``datasets``
-uploads them (``kaggle datasets create`` with ``--new``, else ``version``),
-``push NAME`` renders kernel NAME (submission | train | build) and runs
+uploads them (``kaggle datasets create`` with ``--new``, else ``version``;
+``--parts FOLDER``: every part of a local ``tfrec-builder write`` instead),
+``push NAME`` renders kernel NAME (submission | train | build-embed |
+build-write; ``--part k``, ``--shards``, ``--args``: ``kernels_build``) and runs
 ``kaggle kernels push -p``, ``status NAME`` and ``output NAME`` ask how a
 pushed kernel runs and download what it wrote, and ``submit`` makes the
 code-competition submission of a version of the submission kernel
@@ -25,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from landmark_kaggle import kernels
+from landmark_kaggle import kernels, kernels_build
 from landmark_kaggle.fileio import atomic_write_json
 from landmark_kaggle.kernels import KernelError, kaggle_username
 from landmark_kaggle.paths import COMPETITION
@@ -58,29 +60,41 @@ def run_kaggle(args: list[str]) -> str:
     return out
 
 
+def rendered_folder(name: str, out: str | Path, part: int | None = None) -> Path:
+    """Where ``push`` renders kernel NAME: one folder per build-write part, each with its push record."""
+    return Path(out) / (f"{name}-part-{part}" if part is not None else name)
+
+
+def render(name: str, user: str, out: str | Path, accelerator: str | None = None, continue_last: bool = False,
+           **variant) -> Path:
+    return kernels.render_kernel(name, user, rendered_folder(name, out, variant.get("part")),
+                                 accelerator=accelerator, continue_last=continue_last, **variant)
+
+
 def push(name: str, user: str, out: str | Path, accelerator: str | None = None,
-         continue_last: bool = False) -> tuple[dict, str]:
+         continue_last: bool = False, **variant) -> tuple[dict, str]:
     """Render and push kernel NAME; returns the push record (kernel, version, folder) and the client's words.
 
-    ``continue_last`` (train) attaches the kernel's own last output, so the new version resumes it.
+    ``continue_last`` (train, build-embed) attaches the kernel's own last output, so the new version
+    continues it; ``variant``: ``part``, ``shards``, ``kernel_args`` (``kernels_build``).
 
     Raises when Kaggle refused any dataset, competition or kernel source: the version exists then, but
     it runs without that data.
     """
-    folder = kernels.render_kernel(name, user, Path(out) / name, accelerator=accelerator, continue_last=continue_last)
+    folder = render(name, user, out, accelerator, continue_last, **variant)
     cmd = ["kernels", "push", "-p", str(folder)]
     if accelerator:
         cmd += ["--accelerator", accelerator]
+    ref = json.loads((folder / "kernel-metadata.json").read_text(encoding="utf-8"))["id"]
     text = run_kaggle(cmd)
     refused = REFUSED_SOURCES.findall(text)
     version = PUSHED.search(text)
     if refused:
         what = "; ".join(f"{kind} {sources}" for kind, sources in refused)
-        raise KernelError(f"Kaggle refused these sources of {kernels.kernel_ref(name, user)}: {what}. The version "
+        raise KernelError(f"Kaggle refused these sources of {ref}: {what}. The version "
                           f"{version.group(1) if version else '?'} it made runs without them: upload the "
                           "datasets (`kernels datasets --new`) or accept the competition's rules, then push again")
-    record = {"kernel": kernels.kernel_ref(name, user), "version": int(version.group(1)) if version else None,
-              "folder": str(folder)}
+    record = {"kernel": ref, "version": int(version.group(1)) if version else None, "folder": str(folder)}
     atomic_write_json(folder / PUSH_RECORD, record)
     return record, text
 
@@ -126,9 +140,13 @@ def output(ref: str, dest: str | Path) -> list[Path]:
     return sorted(p for p in dest.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns)
 
 
-def upload_datasets(out: str | Path, new: bool, message: str) -> list[str]:
+def upload_datasets(out: str | Path, new: bool, message: str, parts: str | Path | None = None) -> list[str]:
+    """Upload the bundle folders in ``out``, or every part folder of the local build ``parts``."""
     out = Path(out)
-    found = [out / slug for slug in kernels.DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
+    if parts is not None:
+        found = kernels_build.part_folders(parts)
+    else:
+        found = [out / slug for slug in kernels.DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
     if not found:
         raise KernelError(f"no bundle folders in {out}; run `landmark-kaggle kernels bundle` first")
     said = []
@@ -154,12 +172,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--out", default="bundles", help="the folder `kernels bundle` wrote")
     d.add_argument("--new", action="store_true", help="first upload: `datasets create` instead of `version`")
     d.add_argument("--message", default="landmark-kaggle update", help="version notes")
+    d.add_argument("--parts", metavar="FOLDER",
+                   help="upload each part folder of a local `tfrec-builder write` (FOLDER holds them, or is one) "
+                        "as its own dataset, instead of the bundle folders")
     p = sub.add_parser("push", help="render a kernel's metadata for your user, check it, run `kaggle kernels push`")
     p.add_argument("name", choices=sorted(kernels.KERNEL_TEMPLATES))
     p.add_argument("--user", help=user_help)
     p.add_argument("--accelerator", help="machine shape, e.g. NvidiaTeslaT4 or TpuV5E8 (overrides the metadata)")
     p.add_argument("--continue", dest="continue_last", action="store_true",
-                   help="train: attach this kernel's last version's output, so the new version resumes its checkpoint")
+                   help="train, build-embed: attach this kernel's last version's output, so the new version "
+                        "continues it (the checkpoint, the embeddings store)")
+    p.add_argument("--part", type=int, metavar="K",
+                   help=f"build-write: the kernel for part K (slug {kernels_build.WRITE_SLUG.format(k='K')})")
+    p.add_argument("--shards", metavar="N|FOLDER",
+                   help="train: attach the outputs of the N build-write kernels, or the part datasets of a local "
+                        "build FOLDER (their dataset-metadata.json ids), instead of the one shard dataset")
+    p.add_argument("--args", dest="kernel_args", metavar="'OPTIONS'",
+                   help="options appended to the kernel's command, written into the pushed script (e.g. "
+                        "--args '--image-size 300'); a version that continues another needs the same ones")
     p.add_argument("--out", default="bundles/kernels", help="where the rendered kernel folder goes")
     p.add_argument("--dry-run", action="store_true", help="render and check only; do not push")
     st = sub.add_parser("status", help="the state of a pushed kernel's latest run (exit 1 when it failed)")
@@ -186,21 +216,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"bundled {len(folders)} dataset folders into {args.out}; upload with `landmark-kaggle kernels datasets`")
         return 0
     if args.action == "datasets":
-        said = upload_datasets(args.out, args.new, args.message)
+        said = upload_datasets(args.out, args.new, args.message, args.parts)
         print("\n".join(said))
         print(f"uploaded {len(said)} datasets")
         return 0
     user = kaggle_username(args.user)
     if args.action == "push":
+        variant = dict(part=args.part, shards=args.shards, kernel_args=args.kernel_args)
         if args.dry_run:
-            folder = kernels.render_kernel(args.name, user, Path(args.out) / args.name, accelerator=args.accelerator,
-                                           continue_last=args.continue_last)
+            folder = render(args.name, user, args.out, args.accelerator, args.continue_last, **variant)
             print(f"rendered {folder / 'kernel-metadata.json'} (not pushed)")
             return 0
-        record, text = push(args.name, user, args.out, args.accelerator, args.continue_last)
+        record, text = push(args.name, user, args.out, args.accelerator, args.continue_last, **variant)
         print(text)
         print(f"pushed {record['kernel']} version {record['version']}; "
-              f"follow it with `landmark-kaggle kernels status {args.name}`")
+              f"follow it with `landmark-kaggle kernels status {args.name if args.part is None else record['kernel']}`")
         return 0
     if args.action == "status":
         ref = kernels.kernel_ref(args.name, user)

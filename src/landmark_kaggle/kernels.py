@@ -6,12 +6,13 @@ non-landmark index) into others, each with its ``dataset-metadata.json``, so the
 kernel can ``pip install --no-index`` the package and find the model.
 
 ``render_kernel`` fills a kernel's metadata template (submission | train |
-build) with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``, else
+build-embed | build-write) with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``, else
 the ``username`` in the kaggle config file; the key is never read into
 anything we write), pastes ``kernels/prelude.py`` into its launcher and checks
 the metadata against the rules the kaggle client enforces in ``kernels_push``
-plus our own (internet stated explicitly, no placeholder left).
-``kernelcli`` runs the real kaggle client over them.
+plus our own (internet stated explicitly, no placeholder left); the build
+kernels' variants (``--part``, ``--shards``, ``--args``) are edits of the
+rendered folder in ``kernels_build``. ``kernelcli`` runs the real kaggle client over them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from landmark_kaggle import kernels_build
 from landmark_kaggle.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +39,12 @@ PRELUDE_IMPORT = re.compile(r"^from prelude import [^\n]*$", re.MULTILINE)
 KERNEL_TEMPLATES = {
     "submission": "kernel-metadata.json",
     "train": "kernels/train/kernel-metadata.json",
-    "build": "kernels/build/kernel-metadata.json",
+    "build-embed": "kernels/build-embed/kernel-metadata.json",
+    "build-write": "kernels/build-write/kernel-metadata.json",
 }
+# Kernels whose next version continues the last one's output (`kernels push NAME --continue`): the train
+# kernel resumes its checkpoint, build-embed its embeddings store.
+CONTINUABLE = ("train", "build-embed")
 WHEEL_DATASET = "landmark-kaggle-wheel"
 MODEL_DATASET = "landmark-kaggle-model"
 INDEX_DATASET = "landmark-kaggle-index"
@@ -255,11 +261,14 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
-                  accelerator: str | None = None, continue_last: bool = False) -> Path:
+                  accelerator: str | None = None, continue_last: bool = False, *, part: int | None = None,
+                  shards: str | None = None, kernel_args: str | None = None) -> Path:
     """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
 
     ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
-    version's) through ``kernel_sources``: the train kernel resumes from it.
+    version's) through ``kernel_sources``: the train kernel resumes its checkpoint
+    from it, build-embed its store. ``part``, ``shards`` and ``kernel_args`` are
+    the build kernels' variants (``kernels_build.adjust_rendered``).
     """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
@@ -276,17 +285,21 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
         raise KernelError(f"{template}: code_file {meta.get('code_file')!r} not found")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / code.name).write_text(render_code(code, repo), encoding="utf-8")
+    # The user goes into the code too where a launcher names one (the dataset id build-write gives its parts).
+    (out / code.name).write_text(render_code(code, repo).replace(PLACEHOLDER, user), encoding="utf-8")
     meta = {k: _render(v, user) for k, v in meta.items()}
     meta["code_file"] = code.name
     if accelerator:
         meta["machine_shape"] = accelerator
     if continue_last:
-        if name != "train":
-            raise KernelError(f"--continue is for the train kernel (its next version resumes the last), not {name}")
+        if name not in CONTINUABLE:
+            raise KernelError(f"--continue is for the {' and '.join(CONTINUABLE)} kernels (their next version "
+                              f"continues the last one's output), not {name}")
         meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
-    validate_kernel_metadata(meta, out, where=str(template))
     _write_json(out / "kernel-metadata.json", meta)
+    kernels_build.adjust_rendered(out, name, user, part=part, shards=shards, kernel_args=kernel_args)
+    validate_kernel_metadata(json.loads((out / "kernel-metadata.json").read_text(encoding="utf-8")), out,
+                             where=str(template))
     return out
 
 

@@ -37,6 +37,9 @@ MAX_DEPTH = 5
 MODEL_MARKERS = ("config.json", "label_map.csv", "model.weights.h5")
 INDEX_MARKER = "index.json"
 CHECKPOINT_MARKER = ("checkpoint", "state.json")
+# The build kernels' outputs (embstore.META/IDS/MATRIX; clean.py's outliers.csv and report.json).
+STORE_MARKERS = ("meta.json", "ids.npy", "matrix.npy")
+CLEAN_MARKERS = ("outliers.csv", "report.json")
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras", ".pth", ".pt", ".safetensors")
 KINDS = {
     "wheel": "the landmark_kaggle-*.whl package wheel (a file)",
@@ -47,6 +50,8 @@ KINDS = {
     "shards": "TFRecord shards (label_map.csv and *.tfrec; one folder per part of a build)",
     "weights": "a weights file outside any model folder, e.g. ImageNet backbone weights (a file)",
     "train_output": "a training output folder with a checkpoint (checkpoint/state.json), e.g. a previous version's",
+    "embeddings": "an embeddings store from `tfrec-builder embed` (meta.json, ids.npy, matrix.npy)",
+    "clean": "the output of `tfrec-builder clean` (outliers.csv and report.json)",
 }
 
 
@@ -136,6 +141,10 @@ def classify(folder: Path, dirs: list[str], files: list[str]) -> dict[str, list[
         add("competition", folder)
     if "label_map.csv" in names and any(n.endswith(".tfrec") for n in names):
         add("shards", folder)
+    if all(m in names for m in STORE_MARKERS):
+        add("embeddings", folder)
+    if all(m in names for m in CLEAN_MARKERS):
+        add("clean", folder)
     if CHECKPOINT_MARKER[0] in dirs and (folder / CHECKPOINT_MARKER[0] / CHECKPOINT_MARKER[1]).is_file():
         add("train_output", folder)
     if not is_model and folder.name != CHECKPOINT_MARKER[0]:

@@ -271,6 +271,14 @@ def tfrec_files(patterns: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def check_label_maps(files) -> None:
+    """Shard files from several folders (``--tfrec`` patterns): the label maps beside them must be one."""
+    folders = [d for d in dict.fromkeys(str(f).rsplit("/", 1)[0] for f in files)
+               if tf.io.gfile.exists(f"{d}/label_map.csv")]
+    if len(folders) > 1:
+        read_data_label_map(folders)
+
+
 def tfrec_ids(files) -> tuple[np.ndarray, np.ndarray]:
     """Ids and landmark ids of every record, in file order (a parse-only pass, no decoding)."""
     ds = tf.data.TFRecordDataset(files).map(records.parse_example).map(lambda r: (r["id"], r["landmark_id"]))

@@ -147,6 +147,7 @@ def _test_images(images, tfrec, data_cfg):
         by_id = dict(zip(ids.tolist(), files.tolist(), strict=True))
         return ids, pipeline.image_folder_dataset(ids, files, data_cfg), skipped, by_id, str(images)
     files = pipeline.tfrec_files(tfrec)
+    pipeline.check_label_maps(files)
     ids, _ = pipeline.tfrec_ids(files)
     return ids, pipeline.tfrec_eval_dataset(files, data_cfg), [], {}, ", ".join(files)
 

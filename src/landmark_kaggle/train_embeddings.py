@@ -38,7 +38,9 @@ VAL_BATCH = 1024
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", required=True, metavar="STORE", help="store written by `tfrec-builder embed`")
-    parser.add_argument("--data", required=True, metavar="GLD_DIR", help="GLDv2 folder with train.csv (the labels)")
+    parser.add_argument("--data", required=True, metavar="GLD_DIR",
+                        help="the GLDv2 folder the store was embedded from (its train.csv gives the labels); "
+                             "unlike train's --data, not shards: the store holds vectors, not images")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="output model folder")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
@@ -154,6 +156,10 @@ def run(args) -> int:
         raise UserError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be >= 1")
+    data = Path(args.data)
+    if (data / "label_map.csv").is_file() and any(data.glob("*.tfrec")) and not (data / "train.csv").is_file():
+        raise UserError(f"--data {data} holds TFRecord shards; train-embeddings reads the labels of the stored "
+                        "vectors from the GLDv2 folder they were embedded from (its train.csv): pass that folder")
     cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", *args.overrides])
     train_on_embeddings(args.embeddings, args.data, args.out, cfg, val_fraction=args.val_fraction)
     return 0
