@@ -1,24 +1,32 @@
 """Does Partial FC make `train-embeddings` an epoch in minutes on a CPU at GLDv2 scale, without losing accuracy?
 
-Two measurements in one run, both through the trainer's own ``make_trainer``
-(the same model, optimizer, schedule and ``model.fit`` that
-``landmark-kaggle train-embeddings`` uses):
+Full softmax against Partial FC at the same batch, with the same per-step
+work besides the classifier: both report the training loss alone each step
+(the Partial FC step computes no top-k, so the full softmax here is compiled
+without metrics), both use the trainer's optimizer, schedule and loss
+(``optim.make_optimizer``, ``make_loss``) and Partial FC runs through the
+trainer's own ``make_trainer``. Two measurements in one run:
 
 1. speed at GLDv2 shape: random 512-d vectors, 81,313 classes with a
    GLDv2-like long tail over 1,580,470 labels (a few classes of thousands of
-   images, most of a handful). A few timed training steps of the full softmax (as the
-   trainer ran before Partial FC: batch 1024, top-k metrics on every step) and
-   of Partial FC at the defaults, plus the per-epoch validation pass over the
-   5% held out (full classifier, top-k), extrapolated to minutes an epoch;
+   images, most of a handful). Timed training steps of the full softmax and of
+   Partial FC (rate 0.1, the default) at each batch of ``--batches`` (default
+   1024), plus Partial FC at its default batch (4096), the full softmax as
+   ``train-embeddings --set embeddings.class_sample=1.0`` compiles it
+   (top-1/10/100/1000 on every training step, batch 1024), and the per-epoch
+   validation pass over the 5% held out (full classifier, top-k);
+   extrapolated to minutes an epoch;
 2. quality on a learnable problem: long-tailed clustered vectors
    (``--q-classes`` classes), the full softmax and Partial FC at rates 0.1
-   and 0.05 trained for the same epochs from the same seed, and their
-   validation top-1 over every class.
+   and 0.05 trained for the same epochs from the same seed at the same batch,
+   each scored after every epoch by the same top-1 over every class.
 
-    python benchmarks/train_embeddings.py [--steps 4] [--sweep] [--q-classes 4000] [--q-epochs 8]
+    python benchmarks/train_embeddings.py [--steps 4] [--batches 1024] [--sweep] [--q-classes 4000]
 
 ``--sweep`` also times Partial FC at other batch sizes and sample rates.
-Only the timed batches' vectors are drawn (a step does not depend on N), so it needs ~3 GB.
+Only the timed batches' vectors are drawn (a step does not depend on N). Peak
+RSS measured for a whole run: 7.8 GB with the full softmax at batches 1024 and
+2048, 10.9 GB with it at 4096 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import numpy as np  # noqa: E402
 
 from landmark_kaggle.config import config_from_dict  # noqa: E402
 from landmark_kaggle.model import build_embedding_model  # noqa: E402
+from landmark_kaggle.optim import make_loss, make_optimizer  # noqa: E402
 from landmark_kaggle.partial_fc import sample_size  # noqa: E402
 from landmark_kaggle.train_embeddings import (  # noqa: E402
     DEFAULT_BATCH,
@@ -76,12 +85,27 @@ class StepTimer(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def time_steps(cfg, x, y, counts, batch: int, steps: int, warmup: int = WARMUP) -> tuple[float, int]:
+def build(cfg, counts, input_dim: int, kind: str, steps_per_epoch: int, batch: int):
+    """The model ``fit`` runs for one side, and K (the classes a training step sees).
+
+    ``full``: the full softmax, loss alone each step (as Partial FC reports);
+    ``full+topk``: the full softmax as ``train-embeddings`` compiles it (top-k metrics every step);
+    ``pfc``: Partial FC through the trainer's ``make_trainer`` at ``embeddings.class_sample``.
+    """
+    model = build_embedding_model(cfg, input_dim, len(counts))
+    if kind == "full":
+        model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=make_loss(cfg, counts), jit_compile=False)
+        return model, len(counts)
+    if kind == "full+topk":
+        cfg = config_from_dict({**cfg.to_dict(), "embeddings": {"class_sample": 1.0}})
+    return make_trainer(model, cfg, counts, steps_per_epoch=steps_per_epoch, batch_size=batch)
+
+
+def time_steps(cfg, x, y, counts, kind: str, batch: int, steps: int, warmup: int = WARMUP) -> tuple[float, int]:
     """Seconds a training step (median after ``warmup`` traced steps) and K, the classes a step sees."""
     free_memory()
     keras.utils.set_random_seed(0)
-    model = build_embedding_model(cfg, DIM, len(counts))
-    trainer, k = make_trainer(model, cfg, counts, steps_per_epoch=warmup + steps, batch_size=batch)
+    trainer, k = build(cfg, counts, DIM, kind, warmup + steps, batch)
     timer = StepTimer()
     trainer.fit(x, y, batch_size=batch, epochs=1, callbacks=[timer], verbose=0)
     return float(np.median(np.diff(timer.ends[warmup - 1:]))), k
@@ -111,16 +135,21 @@ def speed(args) -> dict:
     print(f"GLDv2 shape: {GLD_IMAGES:,} × {DIM} vectors, {GLD_CLASSES:,} classes "
           f"(sizes {counts.min()}..{counts.max()}, median {int(np.median(counts))}); "
           f"an epoch trains on {train_n:,} and validates on {GLD_IMAGES - train_n:,}", flush=True)
-    base = ["optim.warmup_epochs=0"]
-    runs = [("full softmax (before)", 1024, 1.0), ("partial FC (default)", DEFAULT_BATCH, 0.0)]
+    base = ["optim.warmup_epochs=0", "embeddings.class_sample=0.1"]
+    runs = []
+    for batch in args.batches:
+        runs += [("full softmax", "full", batch), ("partial FC, rate 0.1", "pfc", batch)]
+    if DEFAULT_BATCH not in args.batches:
+        runs.append(("partial FC, defaults", "pfc", DEFAULT_BATCH))
+    runs.append(("full softmax + top-k every step", "full+topk", 1024))
     if args.sweep:
-        seen = {(DEFAULT_BATCH, sample_size(GLD_CLASSES, 0.1, DEFAULT_BATCH))}
+        seen = {(b, sample_size(GLD_CLASSES, 0.1, b)) for b in args.batches}
         for b, r in ((b, r) for b in (2048, 4096, 8192) for r in (0.05, 0.1, 0.2)):
             k = sample_size(GLD_CLASSES, r, b)
             # Below K = batch every rate is the same run; past 67M logits a step the run would pass 8 GB.
             if (b, k) not in seen and b * k <= MAX_LOGITS:
                 seen.add((b, k))
-                runs.append(("partial FC", b, r))
+                runs.append((f"partial FC, rate {r}", f"pfc@{r}", b))
     val_batch = VAL_BATCH
     val_s = time_validation(config_from_dict({}, base), *vectors((args.val_steps + 1) * val_batch), counts,
                             val_batch, args.val_steps)
@@ -128,18 +157,21 @@ def speed(args) -> dict:
     print(f"validation over all classes: {val_s:.2f} s per {val_batch} vectors → {val_min:.1f} min an epoch",
           flush=True)
     out = {}
-    for name, batch, rate in runs:
+    for name, kind, batch in runs:
+        rate = kind.split("@")[1] if "@" in kind else "0.1"
         cfg = config_from_dict({}, [*base, f"embeddings.class_sample={rate}"])
-        s, k = time_steps(cfg, *vectors((WARMUP + args.steps) * batch), counts, batch, args.steps)
+        s, k = time_steps(cfg, *vectors((WARMUP + args.steps) * batch), counts, kind.split("@")[0], batch,
+                          args.steps)
         steps = -(-train_n // batch)
         minutes = s * steps / 60
-        out[name, batch, k] = minutes
-        print(f"{name:22s} batch {batch:5d}, {k:6d} classes a step ({k / GLD_CLASSES:4.0%}): "
+        out[kind, batch] = (s, k, minutes)
+        print(f"{name:32s} batch {batch:5d}, {k:6d} classes a step ({k / GLD_CLASSES:4.0%}): "
               f"{s:5.2f} s/step × {steps:5d} steps "
               f"= {minutes:6.1f} min training, {minutes + val_min:6.1f} min with validation", flush=True)
-    before, after = out[runs[0][0], 1024, GLD_CLASSES], next(v for key, v in out.items() if key[0] == runs[1][0])
-    print(f"Partial FC at the defaults trains an epoch {before / after:.1f}× faster "
-          f"({(before + val_min) / (after + val_min):.1f}× with validation)", flush=True)
+    for batch in args.batches:
+        full, pfc = out["full", batch][2], out["pfc", batch][2]
+        print(f"batch {batch}: Partial FC trains an epoch {full / pfc:.1f}× faster than the full softmax "
+              f"({(full + val_min) / (pfc + val_min):.1f}× with validation)", flush=True)
     return out
 
 
@@ -153,29 +185,43 @@ def clustered(classes: int, dim: int, seed: int = 0, noise: float = 1.4):
     return x.astype(np.float32), labels, held, sizes
 
 
+class TopOne(keras.callbacks.Callback):
+    """Top-1 over every class on held-out vectors after each epoch, the same for both sides."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y, self.top1 = x, y, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logits = self.model.predict(self.x, batch_size=1024, verbose=0)
+        self.top1.append(float(np.mean(logits.argmax(axis=1) == self.y)))
+
+
 def quality(args) -> None:
     x, y, held, sizes = clustered(args.q_classes, 64)
     print(f"quality: {args.q_classes} clustered classes, {(~held).sum():,} train / {held.sum():,} validation "
-          f"vectors, batch {args.q_batch}, {args.q_epochs} epochs", flush=True)
-    for name, rate in (("full softmax", 1.0), ("partial FC", 0.1), ("partial FC", 0.05)):
+          f"vectors, batch {args.q_batch} for every run, {args.q_epochs} epochs, loss alone each step", flush=True)
+    for name, kind, rate in (("full softmax", "full", 1.0), ("partial FC", "pfc", 0.1), ("partial FC", "pfc", 0.05)):
         cfg = config_from_dict({}, [f"embeddings.class_sample={rate}", f"train.epochs={args.q_epochs}",
                                     "optim.warmup_epochs=0"])
         keras.utils.set_random_seed(0)
         steps = -(-int((~held).sum()) // args.q_batch)
-        trainer, k = make_trainer(build_embedding_model(cfg, x.shape[1], args.q_classes), cfg, sizes,
-                                  steps_per_epoch=steps, batch_size=args.q_batch)
+        trainer, k = build(cfg, sizes, x.shape[1], kind, steps, args.q_batch)
+        top1 = TopOne(x[held], y[held])
         t0 = time.perf_counter()
-        hist = trainer.fit(x[~held], y[~held], batch_size=args.q_batch, epochs=args.q_epochs,
-                           validation_data=(x[held], y[held]), verbose=0).history
-        top1 = " ".join(f"{v:.3f}" for v in hist["val_top1"])
-        print(f"{name:13s} {k:5d} classes a step: val top-1 by epoch {top1}; {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        trainer.fit(x[~held], y[~held], batch_size=args.q_batch, epochs=args.q_epochs, callbacks=[top1], verbose=0)
+        wall = time.perf_counter() - t0
+        print(f"{name:13s} {k:5d} classes a step: val top-1 by epoch {' '.join(f'{v:.3f}' for v in top1.top1)}; "
+              f"{wall:.0f} s (validation included)", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4, help="timed training steps per setting (after 2 traced)")
     ap.add_argument("--val-steps", type=int, default=3, help="timed validation batches")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1024],
+                    help="batches at which the full softmax and Partial FC are both timed (full at 4096: "
+                         "10.9 GB peak)")
     ap.add_argument("--sweep", action="store_true", help="also time Partial FC at other batch sizes and rates")
     ap.add_argument("--q-classes", type=int, default=4000)
     ap.add_argument("--q-epochs", type=int, default=8)

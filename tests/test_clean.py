@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.cluster import DBSCAN
 
 from landmark_kaggle.embstore import StoreError, StoreWriter
 from landmark_kaggle.sample import make_sample
@@ -116,20 +115,6 @@ def test_auto_eps_tightens_a_class_with_a_loose_outlier(tmp_path):
     assert auto["images"]["removed"] == 1
     assert pd.read_csv(tmp_path / "auto" / "outliers.csv", dtype={"id": str})["id"].tolist() == [rows[12][0]]
     assert 0.33 * 0.5 <= auto["eps_per_class"]["9"] < 0.2
-
-
-def test_blocked_dbscan_equals_scikit_learn():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4, 32))
-    x = np.vstack([c + 0.3 * rng.normal(size=(120, 32)) for c in centers] + [3 * rng.normal(size=(25, 32))])
-    xp = cluster.prepare(x, "cosine")
-    for min_samples in (1, 2, 4):
-        ref = DBSCAN(eps=0.33, min_samples=min_samples, metric="cosine", algorithm="brute").fit(xp).labels_
-        np.testing.assert_array_equal(cluster.blocked_dbscan(xp, 0.33, min_samples, "cosine", block=50), ref)
-    ref = DBSCAN(eps=2.5, min_samples=2).fit(x).labels_
-    got = cluster.blocked_dbscan(cluster.prepare(x, "euclidean"), 2.5, 2, "euclidean", block=37)
-    np.testing.assert_array_equal(got, ref)
-    assert len(set(ref)) > 2  # the case is not trivial: several clusters and noise
 
 
 def test_knee_of_a_hand_made_curve():

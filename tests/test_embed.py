@@ -62,6 +62,30 @@ def test_random_weights_are_reproducible_and_avg_of_itself_is_itself(sample, bac
     assert np.abs(l2_normalize(backend.embed(images[:1])) - l2_normalize(backend.embed(images[1:2]))).max() > 1e-2
 
 
+def test_avg_of_two_different_backends_is_the_mean_of_their_unit_embeddings(sample, tmp_path):
+    a_spec, b_spec = "keras:MobileNetV2", "keras:EfficientNetB0"  # 1280-d both; other layers, other preprocessing
+    ids = pd.read_csv(sample / "train.csv", dtype={"id": str})["id"]
+    images = _images(sample, ids[:6])
+    # Each part on its own, then the mean of the unit rows written out here, not with the module's helpers.
+    a = build_backend(a_spec, "none", SIZE).embed(images).astype(np.float64)
+    b = build_backend(b_spec, "none", SIZE).embed(images).astype(np.float64)
+    unit_a = a / np.sqrt((a**2).sum(axis=1, keepdims=True))
+    unit_b = b / np.sqrt((b**2).sum(axis=1, keepdims=True))
+    expected = (unit_a + unit_b) / 2
+    # The parts are far apart, and their raw norms differ, so a plain mean (or one part alone) cannot pass.
+    assert np.abs(unit_a - unit_b).max() > 0.05
+    assert abs(np.log(np.linalg.norm(a, axis=1).mean() / np.linalg.norm(b, axis=1).mean())) > 0.5
+    avg = build_backend(f"avg:{a_spec}+{b_spec}", "none", SIZE)
+    assert avg.dim == 1280 and avg.name == f"avg:{a_spec}+{b_spec}"
+    assert avg.image_size == {a_spec: SIZE, b_spec: SIZE} and avg.weights_sha256 == "random:seed0+random:seed0"
+    np.testing.assert_allclose(avg.embed(images), expected, rtol=1e-5, atol=1e-6)
+    # The store keeps that mean as a unit row (float16).
+    store = open_store(_embed(sample, tmp_path / "s", avg))
+    assert store.meta["backend"] == avg.name
+    want = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(store.matrix[:6].astype(np.float32), want, rtol=0, atol=2e-3)
+
+
 def test_an_interrupted_embed_resumes_to_the_same_store(sample, backend, tmp_path):
     ref = open_store(_embed(sample, tmp_path / "ref", backend))
     out = tmp_path / "resumed"

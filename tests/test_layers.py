@@ -1,6 +1,15 @@
-"""The custom layers and the ArcFace loss against hand-computed numpy values, plus config round-trips."""
+"""The custom layers, the ArcFace loss and the schedule: hand-computed values, then one harness over all four.
+
+The harness (keras-hub's layer-test idea) runs the same checks on every
+serialisable piece: its config round-trips with every constructor argument
+kept and the same output; a tiny model holding it reloads from ``.keras`` and
+from ``.weights.h5`` with identical outputs; and under the ``mixed_bfloat16``
+and ``mixed_float16`` global policies its output is float32 and matches float32.
+"""
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -8,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D, arcface_logits, dynamic_margins
+from landmark_kaggle.schedule import WarmupSustainDecay
 
 
 def _np_arcface(cos_target, m, easy=False):
@@ -92,28 +102,146 @@ def test_dynamic_margins_rare_classes_get_the_larger_margin():
     np.testing.assert_allclose(dynamic_margins([5, 5], 0.1, 0.3), [0.3, 0.3])
 
 
-def test_layers_and_loss_round_trip_through_get_config():
-    gem = GeMPooling2D(p=2.5, trainable_p=True, epsilon=1e-5, name="g")
-    gem2 = GeMPooling2D.from_config(gem.get_config())
-    assert (gem2.p, gem2.trainable_p, gem2.epsilon, gem2.name) == (2.5, True, 1e-5, "g")
-    cc = CosineClassifier(7, subcenters=3, scale=16.0, name="c")
-    cc2 = CosineClassifier.from_config(cc.get_config())
-    assert (cc2.num_classes, cc2.subcenters, cc2.scale, cc2.dtype_policy.name) == (7, 3, 16.0, "float32")
-    loss = ArcFaceLoss(scale=20.0, margin=0.3, margins=[0.1, 0.2], easy_margin=True, label_smoothing=0.1)
-    loss2 = keras.losses.deserialize(keras.losses.serialize(loss))
-    assert isinstance(loss2, ArcFaceLoss)
-    assert (loss2.scale, loss2.margin, loss2.margins, loss2.easy_margin, loss2.label_smoothing) == \
-        (20.0, 0.3, [pytest.approx(0.1), pytest.approx(0.2)], True, 0.1)
+# -- the harness ---------------------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(3)
+# Activations up to 60: x^3 passes float16's 65,504 from 41 on, which a GeM computed in float16 turns into inf.
+FEATURES = RNG.uniform(0.0, 60.0, (2, 3, 4, 5)).astype("float32")
+VECTORS = RNG.normal(size=(4, 6)).astype("float32")
+LABELS = np.array([0, 3, 1, 3])
+LOGITS = (16.0 * np.clip(RNG.normal(0, 0.4, (4, 4)), -1, 1)).astype("float32")
+STEPS = (0, 6, 7, 20, 41, 200)
 
 
-def test_small_model_with_custom_layers_reloads_without_custom_objects(tmp_path):
-    inputs = keras.Input((4, 4, 2))
-    x = GeMPooling2D(p=3.0)(keras.layers.Dense(5, activation="relu")(inputs))
-    out = CosineClassifier(3, subcenters=2, scale=30.0)(x)
-    model = keras.Model(inputs, out)
-    model.compile(optimizer="adam", loss=ArcFaceLoss())
-    data = np.random.default_rng(2).uniform(size=(3, 4, 4, 2)).astype("float32")
-    model.save(tmp_path / "m.keras")
-    again = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(again.predict(data, verbose=0), model.predict(data, verbose=0))
-    assert isinstance(again.loss, ArcFaceLoss)
+@dataclass(frozen=True)
+class Case:
+    cls: type
+    kwargs: dict  # not the defaults, so an argument that get_config leaves out changes the round trip
+    direct: Callable  # (object, dtype of the inputs) -> output of the object on its own
+    body: Callable  # keras.Input -> (tensor into the classifier/loss, model output)
+    probe: Callable  # tiny model -> what must be identical after a reload
+
+
+def _apply(inputs):
+    return lambda obj, dtype: obj(keras.ops.cast(inputs, dtype))
+
+
+def _predict(model):
+    return model.predict(FEATURES if len(model.inputs[0].shape) == 4 else VECTORS, verbose=0)
+
+
+def _loss_probe(model):
+    return np.float32(model.evaluate(VECTORS, LABELS, batch_size=4, verbose=0))
+
+
+def _lr_probe(model):
+    """The optimizer's rate at its restored step, then at other steps (the step counter put back after)."""
+    opt = model.optimizer
+    now = int(opt.iterations.numpy())
+    rates = [float(opt.learning_rate)]
+    for step in STEPS:
+        opt.iterations.assign(step)
+        rates.append(float(opt.learning_rate))
+    opt.iterations.assign(now)
+    return np.array([now, *rates])
+
+
+CASES = {
+    "GeMPooling2D": Case(
+        GeMPooling2D, dict(p=2.5, trainable_p=True, epsilon=1e-5, name="gem"), _apply(FEATURES),
+        lambda obj, x: obj(keras.layers.Dense(5, activation="relu")(x)), _predict),
+    "CosineClassifier": Case(
+        CosineClassifier, dict(num_classes=4, subcenters=3, scale=16.0, kernel_initializer="he_normal", name="cc"),
+        _apply(VECTORS), lambda obj, x: obj(keras.layers.Dense(5)(x)), _predict),
+    "ArcFaceLoss": Case(
+        ArcFaceLoss, dict(scale=16.0, margin=0.3, margins=[0.1, 0.2, 0.3, 0.4], easy_margin=True,
+                          label_smoothing=0.1, name="arc"),
+        lambda obj, dtype: obj(LABELS, keras.ops.cast(LOGITS, dtype)),
+        lambda obj, x: CosineClassifier(4, scale=16.0)(keras.layers.Dense(5)(x)), _loss_probe),
+    "WarmupSustainDecay": Case(
+        WarmupSustainDecay, dict(peak_lr=2e-3, steps_per_epoch=7, warmup_epochs=1, sustain_epochs=2, decay="cosine",
+                                 decay_rate=0.9, total_epochs=9, start_lr=1e-6, min_lr=1e-7, name="wsd"),
+        lambda obj, dtype: keras.ops.stack([obj(s) for s in STEPS]),
+        lambda obj, x: keras.layers.Dense(2)(x), _lr_probe),
+}
+
+
+def _tiny_model(case: Case, obj) -> keras.Model:
+    """A compiled model holding ``obj`` (as a layer, its loss or its optimizer's schedule), optimizer built."""
+    inputs = keras.Input(FEATURES.shape[1:] if case.cls is GeMPooling2D else VECTORS.shape[1:])
+    model = keras.Model(inputs, case.body(obj, inputs))
+    lr = obj if isinstance(obj, WarmupSustainDecay) else 1e-3
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=lr),
+                  loss=obj if isinstance(obj, ArcFaceLoss) else "mse")
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(23)  # a mid-run step: the schedule's rate depends on it
+    return model
+
+
+def _copy_weights(src, dst, case: Case) -> None:
+    if isinstance(src, keras.layers.Layer):
+        for layer in (src, dst):
+            if not layer.built:
+                case.direct(layer, "float32")  # builds its weights
+        dst.set_weights(src.get_weights())
+
+
+def _out(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+@pytest.fixture(params=list(CASES), ids=list(CASES))
+def case(request):
+    keras.utils.set_random_seed(0)
+    return CASES[request.param]
+
+
+def test_config_round_trip_keeps_every_argument_and_the_output(case):
+    obj = case.cls(**case.kwargs)
+    config = obj.get_config()
+    for key, value in case.kwargs.items():
+        if key == "kernel_initializer":
+            assert config[key]["class_name"] == "HeNormal"
+        else:
+            assert config[key] == value, key
+    for again in (case.cls.from_config(config),
+                  keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))):
+        assert type(again) is case.cls and again.get_config() == config
+        _copy_weights(obj, again, case)
+        np.testing.assert_array_equal(_out(case.direct(again, "float32")), _out(case.direct(obj, "float32")))
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".weights.h5"])
+def test_a_tiny_model_holding_it_reloads_with_identical_outputs(case, fmt, tmp_path):
+    model = _tiny_model(case, case.cls(**case.kwargs))
+    expected = case.probe(model)
+    path = tmp_path / f"m{fmt}"
+    if fmt == ".keras":
+        model.save(path)
+        again = keras.saving.load_model(path)  # no custom_objects: the registered names must suffice
+    else:
+        model.save_weights(path)
+        again = _tiny_model(case, case.cls.from_config(case.cls(**case.kwargs).get_config()))
+        again.optimizer.iterations.assign(0)
+        assert not np.array_equal(case.probe(again), expected)  # so the load below is what makes them equal
+        again.load_weights(path)
+    np.testing.assert_array_equal(case.probe(again), expected)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_output_is_float32_under_a_mixed_global_policy(case, policy):
+    ref = case.cls(**case.kwargs)
+    expected = _out(case.direct(ref, "float32"))
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        obj = case.cls(**case.kwargs)
+        _copy_weights(ref, obj, case)
+        # The inputs come in the policy's compute dtype, as from the layer before under that policy.
+        got = case.direct(obj, keras.mixed_precision.global_policy().compute_dtype)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    got = _out(got)
+    assert np.all(np.isfinite(got))
+    # bf16 inputs carry 8 significant bits (~0.4%), fp16 11; the computation itself is float32.
+    np.testing.assert_allclose(got, expected, rtol=2e-2, atol=2e-2 * float(np.abs(expected).max()))

@@ -8,12 +8,24 @@ n x n indices (10,000 images: ~100M entries, ~0.8 GB, plus the distance chunk).
 pass 1 counts neighbours (core points), pass 2 merges core points that are
 within eps into components, keeping only a spanning forest between blocks,
 pass 3 attaches each border point to its nearest core point. Peak memory is
-one ``block x n`` distance block (4M entries) and its edges, plus O(n). With the poster's
-``min_samples=2`` every point that has a neighbour is a core point, so there
-are no border points and the two implementations agree exactly; with larger
-``min_samples`` a border point reachable from two clusters may be attached
-to either (scikit-learn takes the one that reached it first, we take the
-nearest core point).
+one ``block x n`` distance block (4M entries) and its edges, plus O(n).
+``dbscan_labels`` picks the blocked path above ``sklearn_max`` images.
+
+The contract with scikit-learn's ``DBSCAN`` (same eps, min_samples, metric),
+which ``tests/test_cluster.py`` checks on data built to hit every case:
+
+* the core points are the same, split into the same clusters, numbered alike
+  (in the order of each cluster's first core point);
+* the noise points (no core point within eps) are the same;
+* a border point (not core, within eps of a core point) gets a cluster it is
+  reachable from: scikit-learn gives it to whichever cluster's expansion
+  reached it first, we give it to its nearest core point's cluster. Both are
+  DBSCAN (Ester et al. 1996 leave the choice open), so where a border point is
+  reachable from two clusters the labels may differ there, and only there.
+
+With the poster's ``min_samples=2`` every point that has a neighbour is core,
+so there are no border points and the labels are identical. (As everywhere, a
+distance within float32 rounding of eps may fall either side.)
 
 For ``metric="cosine"`` rows are L2-normalised and the cosine distance
 ``1 - a.b`` is computed from one matrix product per block.
@@ -126,9 +138,10 @@ def blocked_dbscan(x: np.ndarray, eps: float, min_samples: int, metric: str = "c
     return labels
 
 
-def dbscan_labels(x: np.ndarray, eps: float, min_samples: int, metric: str = "cosine") -> np.ndarray:
-    """Labels for prepared rows: scikit-learn for small classes, ``blocked_dbscan`` for large ones."""
-    if len(x) <= SKLEARN_MAX:
+def dbscan_labels(x: np.ndarray, eps: float, min_samples: int, metric: str = "cosine",
+                  sklearn_max: int = SKLEARN_MAX) -> np.ndarray:
+    """Labels for prepared rows: scikit-learn up to ``sklearn_max`` rows, ``blocked_dbscan`` above."""
+    if len(x) <= sklearn_max:
         return DBSCAN(eps=eps, min_samples=min_samples, metric=metric, algorithm="brute").fit(x).labels_
     return blocked_dbscan(x, eps, min_samples, metric)
 

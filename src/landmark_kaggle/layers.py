@@ -23,9 +23,14 @@ COS_EPS = 1e-6
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GeMPooling2D(keras.layers.Layer):
-    """Generalised-mean pooling over height and width: ``(mean(x^p))^(1/p)``; p=1 is average pooling."""
+    """Generalised-mean pooling over height and width: ``(mean(x^p))^(1/p)``; p=1 is average pooling.
+
+    Computed in float32 by default: under ``mixed_float16`` an activation of
+    41 already overflows ``x^3`` (> 65,504) and the pooled feature becomes inf.
+    """
 
     def __init__(self, p=3.0, trainable_p=False, epsilon=1e-6, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.p = p
         self.trainable_p = trainable_p

@@ -48,10 +48,6 @@ RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_
                      "runtime.backend", "runtime.devices", "model.weights"}
 
 
-class SimulatedCrash(RuntimeError):
-    """Raised by the ``crash_after_steps`` test hook: the process 'dies' with only its checkpoints left."""
-
-
 def _flat(cfg: Config) -> dict:
     return {f"{sec}.{k}": v for sec, vals in cfg.to_dict().items() for k, v in vals.items()}
 
@@ -96,22 +92,18 @@ class _Watch(keras.callbacks.Callback):
         every = t.cfg.session.checkpoint_every_steps
         if every and t.global_step % every == 0 and t.step_in_epoch < t.steps_per_epoch:
             t.save_checkpoint(partial_logs=t.epoch_logs())
-        if t.crash_after_steps is not None and t.global_step >= t.crash_after_steps:
-            raise SimulatedCrash(f"simulated crash after step {t.global_step}")
         if t.out_of_time():
             self.model.stop_training = True
             t.stopped = "time budget"
 
 
 class _Trainer:
-    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, crash_after_steps, progress,
-                 init_from=None):
+    def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, progress, init_from=None):
         self.data, self.out, self.cfg, self.rt = pipeline.resolve_data_dirs(data), Path(out_dir), cfg, runtime
         self.init_from, self.init_report = init_from, None
         self.data_name = ", ".join(self.data)
         self.ckpt = self.out / CHECKPOINT_DIR
         self.budget = parse_duration(time_budget if time_budget is not None else cfg.session.time_budget)
-        self.crash_after_steps = crash_after_steps
         self.progress = progress
         self.started = time.monotonic()
         self.last_step_end = self.started
@@ -317,19 +309,18 @@ class _Trainer:
 
 
 def train_model(data, out_dir, cfg: Config, *, resume: bool = False, time_budget=None, init_from=None,
-                runtime: Runtime | None = None, progress: bool = True, crash_after_steps: int | None = None) -> dict:
+                runtime: Runtime | None = None, progress: bool = True) -> dict:
     """Train on shard folders (one, several, globs or a folder of parts) into a model folder; returns a summary.
 
     ``time_budget`` (``"8h30m"`` or seconds) overrides ``session.time_budget``;
     ``init_from`` (a model folder) starts a fresh run from its weights, at this
     config's image size (progressive resizing); a checkpoint to resume wins over it.
     ``runtime`` is a ready backend + devices + precision (default: from the config).
-    ``crash_after_steps`` is a test hook that raises ``SimulatedCrash``.
     """
     r = cfg.runtime
     rt = runtime or setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=progress)
-    trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, crash_after_steps=crash_after_steps,
-                       progress=progress, init_from=init_from)
+    trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, progress=progress,
+                       init_from=init_from)
     summary = trainer.run(resume)
     if rt.is_chief and progress:
         h = summary["history"][-1] if summary["history"] else {}
