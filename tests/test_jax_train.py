@@ -192,6 +192,20 @@ np.save(sys.argv[3], np.asarray(load_model_dir(sys.argv[1]).model.predict(images
 """
 
 
+# The submission path in the stand-in for Kaggle's GPU image (TF 2.20, Keras 3.13), the package from its wheel.
+STANDIN_LOGITS = """
+import sys
+import numpy as np
+import keras
+from landmark_kaggle.inference import load_for_inference
+assert keras.backend.backend() == "tensorflow", keras.backend.backend()
+bundle = load_for_inference(sys.argv[1])
+cos, _ = bundle.embed_fn(np.load(sys.argv[2]))
+np.save(sys.argv[3], np.asarray(cos) * bundle.config.model.scale)
+print(keras.__version__, __import__("landmark_kaggle").__file__)
+"""
+
+
 @pytest.mark.slow
 def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_path(shards, eight, tmp_path):
     from landmark_kaggle.inference import load_for_inference
@@ -211,3 +225,22 @@ def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_
     print(f"JAX vs TensorFlow logits: max |diff| {np.abs(tf_logits - jax_logits).max():.3g}")
     np.testing.assert_allclose(tf_logits, jax_logits, atol=1e-3)
     np.testing.assert_array_equal(tf_logits.argmax(1), jax_logits.argmax(1))
+    # ... and on Kaggle's GPU image, installed as the submission kernel installs it.
+    from helpers import standin_python
+
+    from landmark_kaggle import kernels
+
+    python, site = standin_python("gpu"), tmp_path / "site"
+    wheel = kernels.build_wheel(tmp_path / "wheel")
+    env = {k: v for k, v in _env().items() if k != "VIRTUAL_ENV"}
+    subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target", str(site),
+                    str(wheel)], check=True, env=env)
+    proc = subprocess.run([str(python), "-c", STANDIN_LOGITS, str(out8), str(tmp_path / "images.npy"),
+                           str(tmp_path / "kaggle.npy")], env={**env, "PYTHONPATH": str(site)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("3.13.2 " + str(site)), proc.stdout  # Kaggle's Keras, our code from the wheel
+    kaggle_logits = np.load(tmp_path / "kaggle.npy")
+    print(f"JAX vs Kaggle's GPU image logits: max |diff| {np.abs(kaggle_logits - jax_logits).max():.3g}")
+    np.testing.assert_allclose(kaggle_logits, jax_logits, atol=1e-3)
+    np.testing.assert_array_equal(kaggle_logits.argmax(1), jax_logits.argmax(1))
