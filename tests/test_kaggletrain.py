@@ -11,12 +11,10 @@ import shutil
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.kaggletrain import (
-    find_previous_outputs,
-    find_shard_folders,
-    find_weight_files,
+    keras_weight_files,
     prepare_session,
 )
-from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
 from landmark_kaggle.train import _flat
 
 SETTINGS = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.epochs=2"]
@@ -47,11 +45,12 @@ def test_finders_and_the_copied_previous_output(shards, tmp_path, monkeypatch):
     _output(inp / "older-kernel", config_from_dict({}, SETTINGS), 3)
     _output(inp / "stage-one", config_from_dict({}, [*SETTINGS, "data.image_size=64"]), 40)
 
-    assert [p.name for p in find_shard_folders(inp)] == ["landmark-kaggle-tfrec"]
-    assert sorted(p.parent.name for p in find_previous_outputs(inp)) == ["landmark-kaggle-train", "older-kernel",
+    found = find_inputs(inp)
+    assert [p.name for p in found["shards"]] == ["landmark-kaggle-tfrec"]
+    assert sorted(p.parent.name for p in found["train_output"]) == ["landmark-kaggle-train", "older-kernel",
                                                                           "stage-one"]
     # Checkpoints, model folders' own files and anything inside the image tree are left out.
-    assert find_weight_files(inp) == [weights]
+    assert keras_weight_files(found) == [weights]
 
     monkeypatch.setenv(KAGGLE_INPUT_ENV, str(inp))
     monkeypatch.setenv(KAGGLE_WORKING_ENV, str(working))
@@ -78,4 +77,4 @@ def test_every_part_of_a_build_is_a_shard_folder_also_one_without_train_shards(t
         (part / "label_map.csv").write_text("label,landmark_id,count\n")
         for name in names:
             (part / name).write_bytes(b"")
-    assert [p.name for p in find_shard_folders(tmp_path)] == ["gldv2-tfrec-512-part-1", "gldv2-tfrec-512-part-2"]
+    assert [p.name for p in find_inputs(tmp_path)["shards"]] == ["gldv2-tfrec-512-part-1", "gldv2-tfrec-512-part-2"]

@@ -19,9 +19,8 @@ import pytest
 from helpers import LAYOUTS, kaggle_input_tree, score_json
 
 from landmark_kaggle import kernels
-from landmark_kaggle.kaggletrain import find_shard_folders
 from landmark_kaggle.kernels_build import WRITE_SLUG, WRITE_TITLE
-from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
+from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
 
 SHARDS_DATASET = "landmark-kaggle-tfrec"
 EMBED_OUTPUT = "landmark-kaggle-build-embed"
@@ -129,7 +128,7 @@ def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, whe
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The train launcher hands the finding to `train --kaggle` (kaggletrain.py): every part, in every layout.
     assert "python -m landmark_kaggle.cli train --kaggle --set runtime.strategy=tpu" in proc.stdout
-    assert find_shard_folders(inp) == [shards / "part-000", shards / "part-001"]
+    assert find_inputs(inp)["shards"] == [shards / "part-000", shards / "part-001"]
     proc = _plan("build-write", inp, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (f"python -m tfrec_builder.cli write {placed[COMPETITION]} --outliers "

@@ -41,18 +41,9 @@ class Session:
     ignored: list[str] = field(default_factory=list)  # checkpoints of other runs, with the reason
 
 
-def find_shard_folders(root: Path) -> list[Path]:
-    """Every shard folder: all parts of a split build, also one that holds only validation shards."""
-    return paths.find_inputs(root)["shards"]
-
-
-def find_previous_outputs(root: Path) -> list[Path]:
-    return paths.find_inputs(root)["train_output"]
-
-
-def find_weight_files(root: Path) -> list[Path]:
-    """Keras ``.h5`` files outside checkpoints and model folders (``paths.find_inputs``' ``weights``)."""
-    return [f for f in paths.find_inputs(root)["weights"] if f.name.endswith(".h5")]
+def keras_weight_files(found: paths.Inputs) -> list[Path]:
+    """The Keras ``.h5`` files among the weights ``paths.find_inputs`` found (outside checkpoints and model folders)."""
+    return [f for f in found["weights"] if f.name.endswith(".h5")]
 
 
 def backbone_weights(candidates: list[Path], cfg) -> Path | None:
@@ -109,23 +100,25 @@ def prepare_session(cfg, out: str | os.PathLike | None = None, data: list[str] |
     ``out`` (this session was started before) wins over the previous version's.
     """
     root = paths.kaggle_input_root()
+    found = paths.find_inputs(root)  # one walk of the input tree for everything below
     out = Path(out) if out else paths.kaggle_working_root() / "model"
     if not data:
-        shards = find_shard_folders(root)
+        # Every part of a split build, also one that holds only validation shards.
+        shards = found["shards"]
         if not shards:
             raise UserError(f"no shard dataset under {root} (a folder with label_map.csv and train-*.tfrec); "
                             "attach the one `tfrec-builder write` made")
         data = [str(s) for s in shards]
     previous, ignored = None, []
     if not (out / STATE).is_file():
-        outputs, ignored = same_run(find_previous_outputs(root), cfg)
+        outputs, ignored = same_run(found["train_output"], cfg)
         if outputs:
             previous = max(outputs, key=_step)  # the furthest run, if several versions are attached
             out.mkdir(parents=True, exist_ok=True)
             shutil.copytree(previous, out, dirs_exist_ok=True)
     weights = None
     if cfg.model.weights == "imagenet":
-        weights = backbone_weights(find_weight_files(root), cfg)
+        weights = backbone_weights(keras_weight_files(found), cfg)
     return Session(data=data, out=out, resume=(out / STATE).is_file(), previous=previous, weights=weights,
                    ignored=ignored)
 
