@@ -81,15 +81,21 @@ def test_parts_found_by_content_wherever_kaggle_mounts_them(builds, tmp_path):
         [str(p) for p in parts], "validation", training=False)
 
 
-def test_label_maps_that_differ_are_an_error_naming_both_files(builds, tmp_path, capsys):
-    _, parts = builds
-    copies = [shutil.copytree(p, tmp_path / p.name) for p in parts]
-    lm = copies[1] / "label_map.csv"
+def _copies_with_another_map(parts, dest, which: int):
+    """Copies of the parts in ``dest`` whose part ``which`` has another label map; returns them and that map."""
+    copies = [shutil.copytree(p, dest / p.name) for p in parts]
+    lm = copies[which] / "label_map.csv"
     lines = lm.read_text().splitlines()
     label, landmark, count = lines[-1].split(",")
     lines[-1] = f"{label},{int(landmark) + 1000},{count}"  # the last class is another landmark: another build
     lm.write_text("\n".join(lines) + "\n")
-    first, second = copies[0] / "label_map.csv", lm
+    return copies, lm
+
+
+def test_label_maps_that_differ_are_an_error_naming_both_files(builds, tmp_path, capsys):
+    _, parts = builds
+    copies, second = _copies_with_another_map(parts, tmp_path, 1)
+    first = copies[0] / "label_map.csv"
     with pytest.raises(UserError, match="differ") as err:
         read_data_label_map([str(c) for c in copies])
     assert str(first) in str(err.value) and str(second) in str(err.value)
@@ -111,12 +117,7 @@ def test_embed_index_and_predict_tfrec_take_the_parts_and_refuse_maps_that_diffe
     unsplit = _pairs([str(p) for p in parts], "train", training=False) + _pairs(
         [str(p) for p in parts], "validation", training=False)
     assert sorted(ids.tolist()) == sorted(i for i, _ in unsplit)
-    copies = [shutil.copytree(p, tmp_path / p.name) for p in parts]
-    lm = copies[2] / "label_map.csv"
-    lines = lm.read_text().splitlines()
-    label, landmark, count = lines[-1].split(",")
-    lines[-1] = f"{label},{int(landmark) + 1000},{count}"  # the last class is another landmark: another build
-    lm.write_text("\n".join(lines) + "\n")
+    copies, lm = _copies_with_another_map(parts, tmp_path, 2)
     with pytest.raises(UserError, match="differ") as err:
         predict._test_images(None, [f"{c}/*.tfrec" for c in copies], cfg)
     assert str(copies[0] / "label_map.csv") in str(err.value) and str(lm) in str(err.value)
