@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from landmark_kaggle.config_migrate import MOVED_KEYS, migrate
 from landmark_kaggle.errors import UserError
 
 
@@ -310,36 +311,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override {text!r}: key must be section.key, e.g. train.epochs=3")
     return parts, value.strip()
-
-
-# Keys that lived in the one ``train`` section before it was split (config.json of older model folders and
-# checkpoints): where each lives now.
-MOVED_KEYS = {
-    **{f"train.{k}": f"optim.{k}" for k in ("learning_rate", "scale_lr_with_replicas", "weight_decay",
-                                            "warmup_epochs", "sustain_epochs", "decay", "decay_rate", "min_lr",
-                                            "clipnorm")},
-    "train.strategy": "runtime.strategy", "train.precision": "runtime.precision", "train.backend": "runtime.backend",
-    "train.time_budget": "session.time_budget", "train.checkpoint_every_steps": "session.checkpoint_every_steps",
-    "train.class_sample": "embeddings.class_sample",
-}
-
-
-def migrate(values: dict[str, Any]) -> dict[str, Any]:
-    """A config mapping written before the sections were split, moved to today's sections (a copy)."""
-    merged: dict[str, Any] = json.loads(json.dumps(values or {}))
-    train = merged.get("train")
-    if isinstance(train, dict):
-        for old, new in MOVED_KEYS.items():
-            key = old.split(".", 1)[1]
-            if key in train:
-                section, name = new.split(".")
-                merged.setdefault(section, {}).setdefault(name, train.pop(key))
-    return merged
-
-
-def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
-    """The same move for a flat ``{"section.key": value}`` mapping (a checkpoint's recorded settings)."""
-    return {MOVED_KEYS.get(k, k): v for k, v in flat.items()}
 
 
 def config_from_dict(values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:

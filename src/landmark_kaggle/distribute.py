@@ -94,7 +94,7 @@ class Runtime:
         replica updates its own copy of BatchNorm's moving statistics from its own share of the batch
         (Keras 3 does not aggregate them), so the copies drift apart: a model saved from replica 0 would
         not be the one that validated on replica 1, and a resume would lose the others. Every float
-        non-trainable variable is set to its mean over the replicas, as tf.keras's ON_READ mean did.
+        non-trainable variable is set to its mean over the replicas, as Keras 2's ON_READ mean did.
         """
         if self.backend == "jax":
             model.jax_state_sync()

@@ -27,7 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landmark_kaggle import pipeline
-from landmark_kaggle.config import Config, migrate_flat, parse_duration
+from landmark_kaggle.config import Config, parse_duration
+from landmark_kaggle.config_migrate import migrate_flat
 from landmark_kaggle.distribute import Runtime, global_batch, setup_runtime
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.fileio import atomic_write_json
