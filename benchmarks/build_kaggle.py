@@ -36,7 +36,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from helpers import REALDATA, real_folder  # noqa: E402
 
-from landmark_kaggle.gld import load_train_index  # noqa: E402
+from landmark_kaggle.data.gld import load_train_index  # noqa: E402
 from tfrec_builder.backends import resize_square  # noqa: E402
 from tfrec_builder.embed import embed_dataset, read_image  # noqa: E402
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landmark_kaggle.embstore import StoreWriter  # noqa: E402
+from landmark_kaggle.data.embstore import StoreWriter  # noqa: E402
 from tfrec_builder import cluster  # noqa: E402
 from tfrec_builder.clean import clean_dataset  # noqa: E402
 

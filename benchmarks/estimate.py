@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle import gld
-from landmark_kaggle.sample import make_sample
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.sample import make_sample
 from tfrec_builder.estimate import estimate_build
 from tfrec_builder.plan import file_sizes, make_plan
 from tfrec_builder.write import write_dataset

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle.metrics import GroundTruth, global_average_precision
+from landmark_kaggle.evaluate.metrics import GroundTruth, global_average_precision
 
 # The plain-loop GAP is the tests' oracle (tests/helpers.py), so the benchmark times the very code they trust.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import loop_gap  # noqa: E402
 
-from landmark_kaggle.submission import read_submission, write_submission
+from landmark_kaggle.evaluate.submission import read_submission, write_submission
 
 NUM_CLASSES = 81_313
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
 
 
 def make_csv(path: Path, rows: int, classes: int, seed: int = 0) -> None:

@@ -35,10 +35,10 @@ import numpy as np
 import tensorflow as tf
 
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.gld import make_label_map
-from landmark_kaggle.inference import iterate_batches, load_for_inference
-from landmark_kaggle.model import build_model, save_model_dir
-from landmark_kaggle.pipeline import image_folder_dataset, list_images
+from landmark_kaggle.data.gld import make_label_map
+from landmark_kaggle.data.pipeline import image_folder_dataset, list_images
+from landmark_kaggle.infer.embedder import iterate_batches, load_for_inference
+from landmark_kaggle.model.network import build_model, save_model_dir
 
 # shared/ lies beside the checkout.
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
@@ -141,8 +141,8 @@ def unit_queries(q: int, seed: int = 1) -> np.ndarray:
 
 def make_store(folder: Path, rows: int, seed: int = 0) -> float:
     """An index folder of random unit float16 rows with random landmark ids, as embed-index writes one."""
-    from landmark_kaggle.embstore import StoreWriter
-    from landmark_kaggle.retrieval import LANDMARK_IDS
+    from landmark_kaggle.data.embstore import StoreWriter
+    from landmark_kaggle.infer.retrieval import LANDMARK_IDS
 
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -161,9 +161,9 @@ def make_store(folder: Path, rows: int, seed: int = 0) -> float:
 def child_ours(store: Path, q: int, k: int) -> dict:
     """predict's path: load the index, place it once, then search + score block by block."""
     from landmark_kaggle.config import InferenceConfig
-    from landmark_kaggle.gld import make_label_map
-    from landmark_kaggle.predict import query_block_size
-    from landmark_kaggle.retrieval import Retrieval, RetrievalIndex
+    from landmark_kaggle.data.gld import make_label_map
+    from landmark_kaggle.infer.predict import query_block_size
+    from landmark_kaggle.infer.retrieval import Retrieval, RetrievalIndex
 
     label_map = make_label_map(np.arange(CLASSES))
     queries = unit_queries(q)
@@ -192,7 +192,7 @@ def child_ours(store: Path, q: int, k: int) -> dict:
 
 def child_old(store: Path, q: int, k: int) -> dict:
     """The path before issue 15: a host copy of the index, then search + vote + combine per 64-image batch."""
-    from landmark_kaggle.embstore import open_store
+    from landmark_kaggle.data.embstore import open_store
 
     queries = unit_queries(q)
     labels = np.load(store / "landmark_ids.npy")

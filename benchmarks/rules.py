@@ -40,10 +40,10 @@ def main() -> None:
 
     import keras
 
-    from landmark_kaggle.embed_index import build_index
-    from landmark_kaggle.predict import predict
-    from landmark_kaggle.sample import make_sample
-    from landmark_kaggle.submission import read_solution, read_submission, score
+    from landmark_kaggle.data.sample import make_sample
+    from landmark_kaggle.evaluate.submission import read_solution, read_submission, score
+    from landmark_kaggle.infer.embed_index import build_index
+    from landmark_kaggle.infer.predict import predict
 
     out = Path(args.out)
     root = out / "sample"

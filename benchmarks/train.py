@@ -66,11 +66,11 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 def feed_check(args) -> None:
     import tensorflow as tf
 
-    from landmark_kaggle.distribute import setup_runtime
-    from landmark_kaggle.model import build_model
-    from landmark_kaggle.optim import compile_model
-    from landmark_kaggle.pipeline import build_dataset, read_data_label_map
-    from landmark_kaggle.sample import make_sample
+    from landmark_kaggle.data.pipeline import build_dataset, read_data_label_map
+    from landmark_kaggle.data.sample import make_sample
+    from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.distribute import setup_runtime
+    from landmark_kaggle.train.optim import compile_model
     from tfrec_builder.write import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +114,7 @@ def feed_check(args) -> None:
 
 def measure(args) -> dict:
     """One row of ``--backends``, in this (child) process: the backend is chosen before Keras is imported."""
-    from landmark_kaggle.backend import choose_backend
+    from landmark_kaggle.train.backend import choose_backend
 
     cfg = config_from_dict({}, [f"data.image_size={args.image_size}", f"model.backbone={args.backbone}",
                                 "optim.warmup_epochs=0", f"runtime.backend={args.measure}",
@@ -124,9 +124,9 @@ def measure(args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from landmark_kaggle.distribute import setup_runtime
-    from landmark_kaggle.model import build_model
-    from landmark_kaggle.optim import compile_model
+    from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.distribute import setup_runtime
+    from landmark_kaggle.train.optim import compile_model
 
     r = cfg.runtime
     rt = setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend)

@@ -42,14 +42,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from landmark_kaggle.config import config_from_dict  # noqa: E402
-from landmark_kaggle.model import build_embedding_model  # noqa: E402
-from landmark_kaggle.optim import make_loss, make_optimizer  # noqa: E402
-from landmark_kaggle.partial_fc import sample_size  # noqa: E402
-from landmark_kaggle.train_embeddings import (  # noqa: E402
+from landmark_kaggle.model.network import build_embedding_model  # noqa: E402
+from landmark_kaggle.train.embeddings import (  # noqa: E402
     DEFAULT_BATCH,
     VAL_BATCH,
     make_trainer,
 )
+from landmark_kaggle.train.optim import make_loss, make_optimizer  # noqa: E402
+from landmark_kaggle.train.partial_fc import sample_size  # noqa: E402
 
 GLD_IMAGES, GLD_CLASSES, GLD_LARGEST, DIM = 1_580_470, 81_313, 6_272, 512
 VAL_FRACTION = 0.05

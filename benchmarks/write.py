@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import REALDATA as REAL  # noqa: E402

@@ -26,7 +26,7 @@ def realdata():
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory):
     """The embedded sample in GLDv2 layout (4 classes, up to 8 images each, 48x64)."""
-    from landmark_kaggle.sample import make_sample
+    from landmark_kaggle.data.sample import make_sample
 
     root = tmp_path_factory.getbasetemp() / "session_sample"
     make_sample(root, num_classes=4, max_per_class=8, image_size=(48, 64))

@@ -53,7 +53,7 @@ def real_folder(root: Path, copies: int, sources: list[Path] | None = None, seed
                 first_landmark: int = 1000) -> Path:
     """A GLDv2 folder of real GLDv2 photos: each source JPEG (default: the 13 of shared/realdata) under
     ``copies`` random ids, one landmark per source."""
-    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.data.gld import image_path
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -75,9 +75,9 @@ def make_shards(root, *, num_classes=4, max_per_class=12, image_size=(48, 64), v
     import cv2
     import tensorflow as tf
 
-    from landmark_kaggle import records
-    from landmark_kaggle.gld import attach_labels, load_train_index, make_label_map, write_label_map
-    from landmark_kaggle.sample import make_sample
+    from landmark_kaggle.data import records
+    from landmark_kaggle.data.gld import attach_labels, load_train_index, make_label_map, write_label_map
+    from landmark_kaggle.data.sample import make_sample
 
     root = Path(root)
     make_sample(root / "gld", seed=seed, num_classes=num_classes, max_per_class=max_per_class,
@@ -111,8 +111,8 @@ def write_shards(root: Path, out: Path, split: str = "train") -> Path:
     """One shard of every image of a GLDv2 folder's ``split`` (test images get label -1), plus the label map."""
     import tensorflow as tf
 
-    from landmark_kaggle.gld import load_test_index, load_train_index, write_label_map
-    from landmark_kaggle.records import encode_example, shard_name
+    from landmark_kaggle.data.gld import load_test_index, load_train_index, write_label_map
+    from landmark_kaggle.data.records import encode_example, shard_name
 
     index = load_train_index(root) if split == "train" else load_test_index(root)
     lm = dict(zip(index.label_map["landmark_id"], index.label_map["label"], strict=True))
@@ -130,8 +130,8 @@ def write_shards(root: Path, out: Path, split: str = "train") -> Path:
 
 def distractor_folder(out: Path, n: int = 24, seed: int = 5) -> Path:
     """Views of the sample's non-landmark photos (textures, text), never the test images themselves."""
-    from landmark_kaggle.gld import image_path
-    from landmark_kaggle.sample import DISTRACTOR_SOURCES, encode_jpeg, load_source, random_view
+    from landmark_kaggle.data.gld import image_path
+    from landmark_kaggle.data.sample import DISTRACTOR_SOURCES, encode_jpeg, load_source, random_view
 
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -149,10 +149,10 @@ def train_tiny_model(root: Path, out: Path, epochs: int = 12, image_size: int = 
     import tensorflow as tf
 
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.gld import load_train_index
-    from landmark_kaggle.model import build_model, save_model_dir
-    from landmark_kaggle.optim import compile_model
-    from landmark_kaggle.pipeline import decode_image, eval_transform
+    from landmark_kaggle.data.gld import load_train_index
+    from landmark_kaggle.data.pipeline import decode_image, eval_transform
+    from landmark_kaggle.model.network import build_model, save_model_dir
+    from landmark_kaggle.train.optim import compile_model
 
     index = load_train_index(root)
     cfg = config_from_dict({"data": {"image_size": image_size},
@@ -174,8 +174,8 @@ def inference_world(base: Path) -> dict:
     """
     import keras
 
-    from landmark_kaggle.embed_index import build_index
-    from landmark_kaggle.sample import make_sample
+    from landmark_kaggle.data.sample import make_sample
+    from landmark_kaggle.infer.embed_index import build_index
 
     world = {"root": base / "sample", "tfrec": base / "tfrec", "model": base / "model",
              "index": base / "index", "distractors": base / "distractors",
@@ -199,7 +199,7 @@ def ensemble_world(base: Path, world: dict) -> dict:
     the non-landmark views, and the training shards with B against them (``embed-index --nonlandmarks``)."""
     import keras
 
-    from landmark_kaggle.embed_index import build_index
+    from landmark_kaggle.infer.embed_index import build_index
 
     out = {"model_b": base / "model_b", "index": base / "index", "distractors": base / "distractors"}
     if (base / "done").is_file():
@@ -259,7 +259,7 @@ def kaggle_input_tree(root: Path, layout: str, sources: dict[str, tuple[str, Pat
 
 def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
     """A test-only competition folder: the images under random ids as ``test/a/b/c/<id>.jpg`` + sample_submission."""
-    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.data.gld import image_path
 
     rng = np.random.default_rng(seed)
     ids = []
@@ -280,7 +280,7 @@ def run_kernel(name: str, inp: Path, working: Path, rendered: Path, *, python=sy
 
     ``settings`` go to the kernel's command as ``--set`` through LANDMARK_KAGGLE_ARGS (kernels/prelude.py).
     """
-    from landmark_kaggle import kernels
+    from landmark_kaggle.kaggle import kernels
     from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
 
     working.mkdir(parents=True)

@@ -25,7 +25,9 @@ import pandas as pd
 import pytest
 from helpers import real_folder
 
-from landmark_kaggle import embstore, kernels, paths
+from landmark_kaggle import paths
+from landmark_kaggle.data import embstore
+from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
 
 BACKBONE = "--backend keras:MobileNetV3Small --weights none --image-size 32 --batch-size 4"
@@ -79,7 +81,7 @@ def tree(tmp_path_factory, realdata):
     inp = base / "input"
     comp = real_folder(inp / "competitions" / paths.COMPETITION, copies=6, sources=realdata)
     # Label noise, as in GLDv2: each class also holds two photos of other landmarks (listed in noise.csv).
-    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.data.gld import image_path
 
     train = pd.read_csv(comp / "train.csv", dtype={"id": str})
     noise = []
@@ -237,8 +239,7 @@ def test_write_kernels_make_one_valid_part_each(tree, embedded, written):
 def test_the_train_kernel_finds_every_part_by_content_and_reads_all_of_them(tree, written):
     import tensorflow as tf
 
-    from landmark_kaggle import records
-
+    from landmark_kaggle.data import records
     inp = written["train_inp"]
     shutil.copytree(tree["input"] / kernels.WHEEL_DATASET, inp / kernels.WHEEL_DATASET)
     found = find_inputs(inp).every("shards")

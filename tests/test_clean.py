@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmark_kaggle.embstore import StoreError, StoreWriter
-from landmark_kaggle.sample import make_sample
+from landmark_kaggle.data.embstore import StoreError, StoreWriter
+from landmark_kaggle.data.sample import make_sample
 from tfrec_builder import cli, cluster
 from tfrec_builder.clean import clean_dataset
 

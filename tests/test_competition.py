@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def _competition(root, out, keep_landmarks=None, copies=1):
     """A competition folder: train.csv and train/ from the sample (some landmarks, each image ``copies`` times)."""
-    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.data.gld import image_path
 
     train = pd.read_csv(root / "train.csv", dtype={"id": str})
     if keep_landmarks is not None:
@@ -43,8 +43,8 @@ def _competition(root, out, keep_landmarks=None, copies=1):
 
 @pytest.mark.parametrize("rule", ["linear", "glr2020_1st", "glr2020_3rd"])
 def test_every_rule_with_flip_restriction_and_the_ensemble(world, ensemble, rule, tmp_path):
-    from landmark_kaggle.predict import predict
-    from landmark_kaggle.submission import read_solution, read_submission, score, validate_submission
+    from landmark_kaggle.evaluate.submission import read_solution, read_submission, score, validate_submission
+    from landmark_kaggle.infer.predict import predict
 
     lids = sorted(pd.read_csv(world["root"] / "train.csv")["landmark_id"].unique())
     comp = _competition(world["root"], tmp_path / "comp", keep_landmarks=lids[:4])
@@ -70,8 +70,8 @@ def test_every_rule_with_flip_restriction_and_the_ensemble(world, ensemble, rule
 
 
 def test_the_competition_train_set_as_the_only_index(world, tmp_path):
-    from landmark_kaggle.predict import predict
-    from landmark_kaggle.retrieval import RetrievalIndex
+    from landmark_kaggle.infer.predict import predict
+    from landmark_kaggle.infer.retrieval import RetrievalIndex
 
     out = tmp_path / "s.csv"
     summary = predict(world["model"], out, images=world["root"] / "test", index=world["index"],
@@ -92,7 +92,7 @@ def test_the_competition_train_set_as_the_only_index(world, tmp_path):
 
 def test_options_that_need_the_competition_folder_say_so(world, tmp_path):
     from landmark_kaggle.errors import UserError
-    from landmark_kaggle.predict import predict
+    from landmark_kaggle.infer.predict import predict
 
     for setting in ("inference.index_from=competition", "inference.restrict_to_competition_train=true"):
         with pytest.raises(UserError, match="need the competition folder: --competition DIR"):
@@ -152,9 +152,9 @@ def test_the_cli_takes_several_models(world, ensemble, tmp_path):
 
 def test_submission_kernel_with_two_models_every_option(world, ensemble, tmp_path):
     """The kernel as Kaggle runs it, two model datasets attached, settings from the models' config.json."""
-    from landmark_kaggle import kernels
+    from landmark_kaggle.evaluate.submission import read_submission, validate_submission
+    from landmark_kaggle.kaggle import kernels
     from landmark_kaggle.paths import COMPETITION
-    from landmark_kaggle.submission import read_submission, validate_submission
 
     inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
     comp = inp / COMPETITION

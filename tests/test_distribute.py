@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.distribute import get_strategy, global_batch, resolve_precision, setup_runtime
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.train.distribute import get_strategy, global_batch, resolve_precision, setup_runtime
 
 # AdamW's epsilon raised so a near-zero gradient's round-off is not turned into a full step (config.py).
 SMALL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "model.dropout=0", "optim.warmup_epochs=0",
@@ -75,8 +75,8 @@ def test_global_batch_and_learning_rate_scale_with_replicas():
 
 
 def test_mixed_float16_wraps_adamw_in_a_loss_scale_optimizer():
-    from landmark_kaggle.model import build_model
-    from landmark_kaggle.optim import compile_model
+    from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.optim import compile_model
 
     try:
         rt = setup_runtime("cpu", "mixed_float16")
@@ -92,13 +92,13 @@ def test_mixed_float16_wraps_adamw_in_a_loss_scale_optimizer():
 
 MIRRORED = textwrap.dedent("""
     import json
-    from landmark_kaggle.distribute import setup_runtime, split_cpu
+    from landmark_kaggle.train.distribute import setup_runtime, split_cpu
     split_cpu(2)
     import keras, numpy as np, tensorflow as tf
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.model import build_model
-    from landmark_kaggle.optim import compile_model
-    from landmark_kaggle.train import train_model
+    from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.optim import compile_model
+    from landmark_kaggle.train.loop import train_model
 
     small = {SMALL!r}
     cfg = config_from_dict({{}}, [*small, "optim.learning_rate=0.01"])
@@ -124,9 +124,9 @@ MIRRORED = textwrap.dedent("""
     summary = train_model({shards!r}, {out!r}, config_from_dict({{}}, [*small, "runtime.strategy=mirrored",
                           "train.epochs=1", "train.steps_per_epoch=2"]), runtime=rt, progress=False)
     # The padded, two-replica validation against a plain one-device pass over the same images.
-    from landmark_kaggle.model import load_model_dir
-    from landmark_kaggle.optim import make_loss, topk_metrics
-    from landmark_kaggle.pipeline import build_dataset
+    from landmark_kaggle.model.network import load_model_dir
+    from landmark_kaggle.train.optim import make_loss, topk_metrics
+    from landmark_kaggle.data.pipeline import build_dataset
     saved = load_model_dir({out!r}).model
     saved.compile(loss=make_loss(cfg), metrics=topk_metrics(4))
     plain = saved.evaluate(build_dataset({shards!r}, "validation", cfg.data, 8, training=False), return_dict=True,
@@ -161,9 +161,9 @@ def test_mirrored_over_two_logical_cpus_trains_and_matches_one_device(shards, tm
 WORKER = textwrap.dedent("""
     import json
     import numpy as np
-    from landmark_kaggle import train
+    from landmark_kaggle.train import loop as train
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.distribute import setup_runtime
+    from landmark_kaggle.train.distribute import setup_runtime
 
     rt = setup_runtime("multiworker", "float32")
     kept = []
@@ -199,9 +199,9 @@ def _replicas_by_hand(shards, cfg, steps, replicas=2, sync_at=()):
     """
     import tensorflow as tf
 
-    from landmark_kaggle.model import build_model
-    from landmark_kaggle.optim import compile_model
-    from landmark_kaggle.pipeline import build_dataset
+    from landmark_kaggle.data.pipeline import build_dataset
+    from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.optim import compile_model
 
     keras.utils.set_random_seed(cfg.train.seed)
     model = build_model(cfg, 4)

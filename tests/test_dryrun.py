@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmark_kaggle.metrics import global_average_precision
-from landmark_kaggle.submission import read_solution, read_submission, solution_truth, validate_submission
+from landmark_kaggle.evaluate.metrics import global_average_precision
+from landmark_kaggle.evaluate.submission import read_solution, read_submission, solution_truth, validate_submission
 
 
 def chance_gap(solution: pd.DataFrame, classes, draws: int = 20000, seed: int = 0) -> tuple[float, np.ndarray]:

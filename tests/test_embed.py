@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmark_kaggle.embstore import StoreError, open_store, probe_image
-from landmark_kaggle.gld import image_path
-from landmark_kaggle.sample import make_sample
+from landmark_kaggle.data.embstore import StoreError, open_store, probe_image
+from landmark_kaggle.data.gld import image_path
+from landmark_kaggle.data.sample import make_sample
 from tfrec_builder import cli
 from tfrec_builder.backends import BackendError, build_backend, l2_normalize
 from tfrec_builder.embed import embed_dataset, read_image
@@ -164,9 +164,9 @@ def test_no_weights_and_no_network_names_the_file_to_provide(sample, tmp_path, c
 @pytest.mark.slow
 def test_model_folder_backend_self_cleans(sample, tmp_path):
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.gld import load_train_index
-    from landmark_kaggle.model import build_model, embedding_model, save_model_dir
-    from landmark_kaggle.pipeline import eval_transform
+    from landmark_kaggle.data.gld import load_train_index
+    from landmark_kaggle.data.pipeline import eval_transform
+    from landmark_kaggle.model.network import build_model, embedding_model, save_model_dir
     from tfrec_builder.clean import clean_dataset
 
     index = load_train_index(sample)

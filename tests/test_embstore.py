@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from landmark_kaggle.embstore import StoreError, StoreWriter, check_probe, open_store
+from landmark_kaggle.data.embstore import StoreError, StoreWriter, check_probe, open_store
 
 IDS = np.array([f"{i:016x}" for i in range(10)])
 META = {"backend": "keras:Test", "weights_sha256": "none", "image_size": 32}

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _test_batch(world, data_cfg, n=6):
-    from landmark_kaggle.pipeline import image_folder_dataset, list_images
+    from landmark_kaggle.data.pipeline import image_folder_dataset, list_images
 
     ids, files, _ = list_images(world["root"] / "test")
     ds = image_folder_dataset(ids[:n], files[:n], data_cfg)
@@ -26,8 +26,8 @@ def _test_batch(world, data_cfg, n=6):
 
 
 def test_flip_tta_is_the_mean_of_an_image_and_its_mirror(world):
-    from landmark_kaggle.ensemble import load_embedder
-    from landmark_kaggle.model import embedding_model, load_model_dir
+    from landmark_kaggle.infer.ensemble import load_embedder
+    from landmark_kaggle.model.network import embedding_model, load_model_dir
 
     flip = load_embedder(world["model"], ["inference.tta=flip"])
     x = _test_batch(world, flip.data_cfg)
@@ -45,7 +45,7 @@ def test_flip_tta_is_the_mean_of_an_image_and_its_mirror(world):
 
 
 def test_an_ensemble_concatenates_unit_embeddings_and_averages_cosines(world, ensemble):
-    from landmark_kaggle.ensemble import load_embedder
+    from landmark_kaggle.infer.ensemble import load_embedder
 
     a, b = load_embedder(world["model"]), load_embedder(ensemble["model_b"])
     pair = load_embedder([world["model"], ensemble["model_b"]])
@@ -64,8 +64,8 @@ def test_an_ensemble_concatenates_unit_embeddings_and_averages_cosines(world, en
 def test_members_must_share_one_label_map_and_differ(world, tmp_path):
     import pandas as pd
 
-    from landmark_kaggle.ensemble import load_embedder
     from landmark_kaggle.errors import UserError
+    from landmark_kaggle.infer.ensemble import load_embedder
 
     other = tmp_path / "other"
     shutil.copytree(world["model"], other)
@@ -79,8 +79,8 @@ def test_members_must_share_one_label_map_and_differ(world, tmp_path):
 
 
 def test_an_index_of_another_ensemble_or_order_is_refused(world, ensemble, tmp_path):
-    from landmark_kaggle.embstore import StoreError
-    from landmark_kaggle.predict import predict
+    from landmark_kaggle.data.embstore import StoreError
+    from landmark_kaggle.infer.predict import predict
 
     pair, test = [world["model"], ensemble["model_b"]], world["root"] / "test"
     with pytest.raises(StoreError, match=r"made by 1 model\(s\).*given 2.*same --model list"):

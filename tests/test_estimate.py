@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from helpers import REALDATA
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
 from tfrec_builder.estimate import estimate_build

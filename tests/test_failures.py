@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from helpers import REALDATA
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
 from tfrec_builder.failures import FailureWatch, Systematic, threshold

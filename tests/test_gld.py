@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from landmark_kaggle import gld
-from landmark_kaggle.gld import GLDError
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.gld import GLDError
 
 A = "0123456789abcdef"
 B = "fedcba9876543210"

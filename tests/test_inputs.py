@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 from helpers import LAYOUTS, input_path
 
-from landmark_kaggle import embstore, kernels, paths, predict, retrieval, train
+from landmark_kaggle import paths
+from landmark_kaggle.data import embstore
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.model import MODEL_FOLDER_FILES, WEIGHTS_FILE
+from landmark_kaggle.infer import predict, retrieval
+from landmark_kaggle.kaggle import kernels
+from landmark_kaggle.model.network import MODEL_FOLDER_FILES, WEIGHTS_FILE
+from landmark_kaggle.train import loop
 from tfrec_builder import clean
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +96,7 @@ def test_the_markers_are_the_ones_the_writers_use():
     assert set(paths.MODEL_MARKERS) == set(MODEL_FOLDER_FILES) == set(kernels.MODEL_FILES)
     assert WEIGHTS_FILE in paths.MODEL_MARKERS
     assert paths.INDEX_MARKER == retrieval.INDEX_META
-    assert paths.CHECKPOINT_MARKER == (train.CHECKPOINT_DIR, train.STATE_FILE)
+    assert paths.CHECKPOINT_MARKER == (loop.CHECKPOINT_DIR, loop.STATE_FILE)
     assert paths.STORE_MARKERS == (embstore.META, embstore.IDS, embstore.MATRIX)
     assert paths.CLEAN_MARKERS == (clean.OUTLIERS_CSV, clean.REPORT_JSON)
 

@@ -30,9 +30,9 @@ import pandas as pd
 import pytest
 
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.model import build_model, load_model_dir
-from landmark_kaggle.optim import compile_model
-from landmark_kaggle.pipeline import build_dataset
+from landmark_kaggle.data.pipeline import build_dataset
+from landmark_kaggle.model.network import build_model, load_model_dir
+from landmark_kaggle.train.optim import compile_model
 
 # AdamW's epsilon raised so a near-zero gradient's round-off is not turned into a full step (config.py).
 SETTINGS = ["data.image_size=32", "model.backbone=MobileNetV3Small", "model.dropout=0.3", "optim.warmup_epochs=0",
@@ -73,8 +73,8 @@ def start(shards):
     """The weights every run starts from: a model folder saved here (TensorFlow), read by the JAX runs."""
     import keras
 
-    from landmark_kaggle.gld import read_label_map
-    from landmark_kaggle.model import save_model_dir
+    from landmark_kaggle.data.gld import read_label_map
+    from landmark_kaggle.model.network import save_model_dir
 
     folder = shards.parent / "jax-start"
     if not (folder / "config.json").is_file():
@@ -181,11 +181,11 @@ def test_sigkilled_jax_run_resumes_to_the_uninterrupted_history(shards, eight, k
 JAX_LOGITS = """
 import sys
 import numpy as np
-from landmark_kaggle.backend import choose_backend
+from landmark_kaggle.train.backend import choose_backend
 from landmark_kaggle.config import RuntimeConfig
 choose_backend(RuntimeConfig(backend="jax", devices="cpu"), announce=False)
 import keras
-from landmark_kaggle.model import load_model_dir
+from landmark_kaggle.model.network import load_model_dir
 assert keras.backend.backend() == "jax"
 images = np.load(sys.argv[2])
 np.save(sys.argv[3], np.asarray(load_model_dir(sys.argv[1]).model.predict(images, verbose=0)))
@@ -197,7 +197,7 @@ STANDIN_LOGITS = """
 import sys
 import numpy as np
 import keras
-from landmark_kaggle.inference import load_for_inference
+from landmark_kaggle.infer.embedder import load_for_inference
 assert keras.backend.backend() == "tensorflow", keras.backend.backend()
 bundle = load_for_inference(sys.argv[1])
 cos, _ = bundle.embed_fn(np.load(sys.argv[2]))
@@ -208,7 +208,7 @@ print(keras.__version__, __import__("landmark_kaggle").__file__)
 
 @pytest.mark.slow
 def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_path(shards, eight, tmp_path):
-    from landmark_kaggle.inference import load_for_inference
+    from landmark_kaggle.infer.embedder import load_for_inference
 
     out8 = eight[0]
     bundle = load_for_inference(out8)
@@ -228,8 +228,7 @@ def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_
     # ... and on Kaggle's GPU image, installed as the submission kernel installs it.
     from helpers import standin_python
 
-    from landmark_kaggle import kernels
-
+    from landmark_kaggle.kaggle import kernels
     python, site = standin_python("gpu"), tmp_path / "site"
     wheel = kernels.build_wheel(tmp_path / "wheel")
     env = {k: v for k, v in _env().items() if k != "VIRTUAL_ENV"}

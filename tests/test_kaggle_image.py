@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from helpers import LAYOUTS, competition_folder, kaggle_input_tree, run_kernel
 
-from landmark_kaggle import kernels
+from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.paths import COMPETITION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +40,9 @@ import numpy as np
 model_dir, images, emb_dir, v2s_dir, out = sys.argv[1:6]
 import cv2, google_crc32c, keras, numpy, pandas, sklearn, tensorflow
 from importlib.metadata import version
-from landmark_kaggle import pipeline
-from landmark_kaggle.inference import iterate_batches, load_for_inference
-from landmark_kaggle.model import load_model_dir
+from landmark_kaggle.data import pipeline
+from landmark_kaggle.infer.embedder import iterate_batches, load_for_inference
+from landmark_kaggle.model.network import load_model_dir
 versions = {"python": "%d.%d" % sys.version_info[:2], "tensorflow": tensorflow.__version__,
             "keras": keras.__version__, "numpy": numpy.__version__, "pandas": pandas.__version__,
             "sklearn": sklearn.__version__, "cv2": cv2.__version__, "google_crc32c": version("google-crc32c"),
@@ -115,8 +115,8 @@ def test_the_model_folder_loads_and_agrees_on_kaggles_image(standin, wheel, worl
     import keras
 
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.gld import make_label_map
-    from landmark_kaggle.model import build_embedding_model, build_model, load_model_dir, save_model_dir
+    from landmark_kaggle.data.gld import make_label_map
+    from landmark_kaggle.model.network import build_embedding_model, build_model, load_model_dir, save_model_dir
 
     # The same network as a whole-model file, as the project's Keras writes it: the format that does not travel.
     load_model_dir(world["model"]).model.save(tmp_path / "model.keras")
@@ -159,8 +159,8 @@ def test_the_model_folder_loads_and_agrees_on_kaggles_image(standin, wheel, worl
 @pytest.fixture(scope="module")
 def project_submission(world, competition, tmp_path_factory) -> pd.DataFrame:
     """The same submission made in the project environment, for comparison."""
-    from landmark_kaggle.predict import predict
-    from landmark_kaggle.submission import read_submission
+    from landmark_kaggle.evaluate.submission import read_submission
+    from landmark_kaggle.infer.predict import predict
 
     out = tmp_path_factory.mktemp("project") / "submission.csv"
     predict(world["model"], out, images=competition / "test", ids_csv=competition / "sample_submission.csv",
@@ -172,7 +172,7 @@ def project_submission(world, competition, tmp_path_factory) -> pd.DataFrame:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_submission_kernel_scores_the_real_photos_on_kaggles_image(standin, wheel, world, competition,
                                                                    project_submission, layout, tmp_path):
-    from landmark_kaggle.submission import read_submission, validate_submission
+    from landmark_kaggle.evaluate.submission import read_submission, validate_submission
 
     inp = tmp_path / "kaggle" / "input"
     placed = kaggle_input_tree(inp, layout, {

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from helpers import run_kernel, score_json, standin_python
 
-from landmark_kaggle import kernels
+from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.paths import COMPETITION
 
 REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.batch_size=16",
@@ -37,7 +37,7 @@ def _backbone_files(inp):
     import keras
 
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.model import build_backbone
+    from landmark_kaggle.model.network import build_backbone
 
     model_dir = inp / "mobilenetv3" / "keras" / "small-notop" / "1"
     model_dir.mkdir(parents=True)

@@ -10,12 +10,12 @@ import json
 import shutil
 
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.kaggletrain import (
+from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
+from landmark_kaggle.train.kaggle_session import (
     keras_weight_files,
     prepare_session,
 )
-from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
-from landmark_kaggle.train import _flat
+from landmark_kaggle.train.loop import _flat
 
 SETTINGS = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.epochs=2"]
 

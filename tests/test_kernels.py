@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from helpers import LAYOUTS, kaggle_input_tree, score_json
 
-from landmark_kaggle import kernels
-from landmark_kaggle.kernels_build import WRITE_SLUG, WRITE_TITLE
+from landmark_kaggle.kaggle import kernels
+from landmark_kaggle.kaggle.build_kernels import WRITE_SLUG, WRITE_TITLE
 from landmark_kaggle.paths import COMPETITION, KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
 
 SHARDS_DATASET = "landmark-kaggle-tfrec"
@@ -72,7 +72,7 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     assert f"distractors {inp / kernels.DISTRACTOR_DATASET}" in line
     assert "retrieval on" in proc.stdout
     sub_path = working / "submission.csv"
-    from landmark_kaggle.submission import read_submission, validate_submission
+    from landmark_kaggle.evaluate.submission import read_submission, validate_submission
 
     ids = pd.read_csv(comp / "sample_submission.csv", dtype=str)["id"].tolist()
     validate_submission(read_submission(sub_path), ids, source=sub_path)

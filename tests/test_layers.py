@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D, arcface_logits, dynamic_margins
-from landmark_kaggle.schedule import WarmupSustainDecay
+from landmark_kaggle.model.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D, arcface_logits, dynamic_margins
+from landmark_kaggle.train.schedule import WarmupSustainDecay
 
 
 def _np_arcface(cos_target, m, easy=False):

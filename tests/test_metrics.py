@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import hid, loop_gap
 
-from landmark_kaggle.metrics import (
+from landmark_kaggle.evaluate.metrics import (
     GroundTruth,
     MetricError,
     correct_predictions,
@@ -125,7 +125,7 @@ LABELS = np.array([2, 0, 1, -1])
 
 @pytest.mark.slow
 def test_trainer_top_k_metrics_hand_computed():
-    from landmark_kaggle.optim import topk_metrics
+    from landmark_kaggle.train.optim import topk_metrics
 
     # k above the class count is capped (always right), so history columns are the same for every dataset.
     metrics = topk_metrics(3)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_kaggle.embstore import open_store, probe_image
-from landmark_kaggle.sample import make_sample
+from landmark_kaggle.data.embstore import open_store, probe_image
+from landmark_kaggle.data.sample import make_sample
 from tfrec_builder.backends import BackendError, build_backend, l2_normalize, resize_square
 from tfrec_builder.embed import embed_dataset
 from tfrec_builder.mmseg_backend import find_config

@@ -6,15 +6,15 @@ import pytest
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.embstore import StoreWriter, open_store
+from landmark_kaggle.data.embstore import StoreWriter, open_store
+from landmark_kaggle.data.gld import load_train_index
+from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import load_train_index
-from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D
-from landmark_kaggle.memory import estimate
-from landmark_kaggle.model import build_backbone, build_model, embedding_model, load_model_dir
-from landmark_kaggle.optim import compile_model
-from landmark_kaggle.sample import make_sample
-from landmark_kaggle.train_embeddings import train_on_embeddings
+from landmark_kaggle.model.layers import ArcFaceLoss, CosineClassifier, GeMPooling2D
+from landmark_kaggle.model.network import build_backbone, build_model, embedding_model, load_model_dir
+from landmark_kaggle.train.embeddings import train_on_embeddings
+from landmark_kaggle.train.memory import estimate
+from landmark_kaggle.train.optim import compile_model
 
 SMALL = ["data.image_size=32", "model.backbone=MobileNetV3Small"]
 

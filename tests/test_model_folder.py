@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from landmark_kaggle.config import config_from_dict
+from landmark_kaggle.data.gld import make_label_map
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import make_label_map
-from landmark_kaggle.inference import load_for_inference
-from landmark_kaggle.model import (
+from landmark_kaggle.infer.embedder import load_for_inference
+from landmark_kaggle.model.network import (
     WEIGHTS_FILE,
     build_embedding_model,
     build_model,
@@ -26,7 +26,7 @@ from landmark_kaggle.model import (
     load_model_dir,
     save_model_dir,
 )
-from landmark_kaggle.optim import compile_model
+from landmark_kaggle.train.optim import compile_model
 
 SMALL = {"data": {"image_size": 32}, "model": {"backbone": "MobileNetV3Small", "embedding_dim": 16},
          "optim": {"warmup_epochs": 0}}

@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 from conftest import REALDATA
 
-from landmark_kaggle import gld, records
 from landmark_kaggle.clibase import UserError
-from landmark_kaggle.sample import make_sample
+from landmark_kaggle.data import gld, records
+from landmark_kaggle.data.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
 from tfrec_builder.parts import GB, PART_FILL

@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from landmark_kaggle.cli import main as lk_main
 from landmark_kaggle.config import config_from_dict
+from landmark_kaggle.data.pipeline import build_dataset, count_examples, read_data_label_map, resolve_data_dirs
+from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.paths import find_inputs
-from landmark_kaggle.pipeline import build_dataset, count_examples, read_data_label_map, resolve_data_dirs
-from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.write import write_dataset
 
@@ -107,8 +107,7 @@ def test_label_maps_that_differ_are_an_error_naming_both_files(builds, tmp_path,
 
 
 def test_embed_index_and_predict_tfrec_take_the_parts_and_refuse_maps_that_differ(builds, tmp_path, capsys):
-    from landmark_kaggle import predict
-
+    from landmark_kaggle.infer import predict
     _, parts = builds
     cfg = config_from_dict({}, ["data.image_size=32"]).data
     # predict --tfrec over every part's shards: each record once.

@@ -7,7 +7,7 @@ import tensorflow as tf
 from helpers import REALDATA
 
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.pipeline import (
+from landmark_kaggle.data.pipeline import (
     build_dataset,
     count_examples,
     decode_image,

@@ -18,10 +18,10 @@ from helpers import write_shards
 def test_predict_matches_the_model_forward_pass(world, tmp_path):
     import tensorflow as tf
 
-    from landmark_kaggle.model import load_model_dir
-    from landmark_kaggle.pipeline import decode_image, eval_transform
-    from landmark_kaggle.predict import predict
-    from landmark_kaggle.submission import read_submission
+    from landmark_kaggle.data.pipeline import decode_image, eval_transform
+    from landmark_kaggle.evaluate.submission import read_submission
+    from landmark_kaggle.infer.predict import predict
+    from landmark_kaggle.model.network import load_model_dir
 
     out = tmp_path / "submission.csv"
     summary = predict(world["model"], out, images=world["root"] / "test")
@@ -39,8 +39,8 @@ def test_predict_matches_the_model_forward_pass(world, tmp_path):
 
 @pytest.mark.slow
 def test_unreadable_images_get_empty_rows_and_are_counted(world, tmp_path, capsys):
-    from landmark_kaggle.gld import image_path
-    from landmark_kaggle.submission import read_submission, validate_submission
+    from landmark_kaggle.data.gld import image_path
+    from landmark_kaggle.evaluate.submission import read_submission, validate_submission
 
     root = tmp_path / "data"
     shutil.copytree(world["root"] / "test", root / "test")
@@ -71,7 +71,7 @@ def test_unreadable_images_get_empty_rows_and_are_counted(world, tmp_path, capsy
 
 def _copies(world, root, times: int) -> list[str]:
     """The sample's test images under ``times`` fresh ids each; returns the ids."""
-    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.data.gld import image_path
 
     ids = []
     for k in range(times):
@@ -86,7 +86,7 @@ def _copies(world, root, times: int) -> list[str]:
 @pytest.mark.slow
 def test_past_max_unreadable_predict_fails_naming_files_and_error(world, tmp_path, capsys):
     from landmark_kaggle.cli import main
-    from landmark_kaggle.gld import image_path
+    from landmark_kaggle.data.gld import image_path
 
     root = tmp_path / "data"
     ids = _copies(world, root, 5)
@@ -123,7 +123,7 @@ def test_past_max_unreadable_predict_fails_naming_files_and_error(world, tmp_pat
 
 @pytest.mark.slow
 def test_tfrec_input_gives_the_same_submission_as_images(world, tmp_path):
-    from landmark_kaggle.predict import predict
+    from landmark_kaggle.infer.predict import predict
 
     shards = write_shards(world["root"], tmp_path / "test_shards", split="test")
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
@@ -139,8 +139,8 @@ def test_tfrec_input_gives_the_same_submission_as_images(world, tmp_path):
 
 @pytest.mark.slow
 def test_retrieval_and_suppression_beat_the_classifier_alone(world, tmp_path):
-    from landmark_kaggle.predict import predict
-    from landmark_kaggle.submission import read_solution, read_submission, score
+    from landmark_kaggle.evaluate.submission import read_solution, read_submission, score
+    from landmark_kaggle.infer.predict import predict
 
     solution = read_solution(world["root"] / "solution.csv")
     runs = {
@@ -175,7 +175,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 @pytest.mark.slow
 def test_inference_settings_are_checked(world, tmp_path):
     from landmark_kaggle.config import ConfigError
-    from landmark_kaggle.predict import predict
+    from landmark_kaggle.infer.predict import predict
 
     with pytest.raises(ConfigError, match="inference.retrieval_weight"):
         predict(world["model"], tmp_path / "s.csv", images=world["root"] / "test",

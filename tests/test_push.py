@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from kaggle_server import SECRET
 
-from landmark_kaggle import kernelcli, kernels
+from landmark_kaggle.kaggle import command as kernelcli
+from landmark_kaggle.kaggle import kernels
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
@@ -158,8 +159,8 @@ def _model_folder(path: Path) -> Path:
     import numpy as np
 
     from landmark_kaggle.config import config_from_dict
-    from landmark_kaggle.gld import make_label_map
-    from landmark_kaggle.model import build_embedding_model, save_model_dir
+    from landmark_kaggle.data.gld import make_label_map
+    from landmark_kaggle.model.network import build_embedding_model, save_model_dir
 
     cfg = config_from_dict({"model": {"embedding_dim": 8}})
     return save_model_dir(build_embedding_model(cfg, 8, 2), cfg, make_label_map(np.array([5, 9])), path)
@@ -174,7 +175,7 @@ def test_bundle_has_wheel_model_and_no_credentials(tmp_path, kaggle_env):
     wheels = list(wheel_dir.glob("landmark_kaggle-*.whl"))
     assert len(wheels) == 1
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert "landmark_kaggle/predict.py" in names and "tfrec_builder/cli.py" in names
+    assert "landmark_kaggle/infer/predict.py" in names and "tfrec_builder/cli.py" in names
     assert json.loads((wheel_dir / "dataset-metadata.json").read_text())["id"] == "alice/landmark-kaggle-wheel"
     meta = json.loads((model_dir / "dataset-metadata.json").read_text())
     assert meta["id"] == "alice/landmark-kaggle-model" and 6 <= len(meta["title"]) <= 50
@@ -258,7 +259,7 @@ def test_push_build_write_part_k_is_its_own_cpu_kernel(tmp_path, kaggle_env, kag
 
 
 def _parted_build(root: Path) -> Path:
-    from landmark_kaggle.sample import make_sample
+    from landmark_kaggle.data.sample import make_sample
     from tfrec_builder.write import write_dataset
 
     make_sample(root / "gld", num_classes=4, max_per_class=8, image_size=(48, 64))

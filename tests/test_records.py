@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from landmark_kaggle import records
+from landmark_kaggle.data import records
 
 
 def _jpeg(h=24, w=40, seed=0) -> bytes:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from landmark_kaggle import retrieval, search
-from landmark_kaggle.embed_index import build_index
-from landmark_kaggle.embstore import StoreError
+from landmark_kaggle.data.embstore import StoreError
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.infer import retrieval, search
+from landmark_kaggle.infer.embed_index import build_index
 
 
 def _unit(rng, n, d):
@@ -110,7 +110,7 @@ def test_an_index_from_another_model_is_refused(world, tmp_path):
     info = json.loads((other / "index.json").read_text())
     (other / "index.json").write_text(json.dumps({**info, "weights_sha256": "0" * 64, "members": members}))
     np.save(other / "probe.npy", -np.load(other / "probe.npy"))
-    from landmark_kaggle.predict import predict
+    from landmark_kaggle.infer.predict import predict
 
     with pytest.raises(StoreError, match="probe embedding differs"):
         predict(world["model"], tmp_path / "s.csv", images=world["root"] / "test", index=other)
@@ -119,7 +119,7 @@ def test_an_index_from_another_model_is_refused(world, tmp_path):
 
 def _index_folder(path, ids, rows, lids, b=None, nonlandmarks_sha=None):
     """A real index folder (store + landmark ids + index.json) from given unit rows, as embed-index writes one."""
-    from landmark_kaggle.embstore import StoreWriter
+    from landmark_kaggle.data.embstore import StoreWriter
 
     rows = np.asarray(rows, np.float32)
     writer = StoreWriter(path, np.array(ids), {"backend": "hand", "weights_sha256": "x", "image_size": 32},

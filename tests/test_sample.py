@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.sample import make_sample
 
 
 @pytest.fixture(scope="module")

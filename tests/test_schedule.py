@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from landmark_kaggle.config import config_from_dict
-from landmark_kaggle.schedule import WarmupSustainDecay, lr_at_epoch, schedule_from_config
+from landmark_kaggle.train.schedule import WarmupSustainDecay, lr_at_epoch, schedule_from_config
 
 
 def test_exponential_schedule_hand_values_and_steps_within_an_epoch():

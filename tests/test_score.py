@@ -8,8 +8,8 @@ import pytest
 from helpers import hid
 
 from landmark_kaggle.cli import main
-from landmark_kaggle.sample import make_sample
-from landmark_kaggle.submission import write_submission
+from landmark_kaggle.data.sample import make_sample
+from landmark_kaggle.evaluate.submission import write_submission
 
 
 def write(path, text):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from landmark_kaggle import scoring
+from landmark_kaggle.infer import scoring
 
 
 def test_linear_by_hand():

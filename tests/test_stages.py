@@ -14,8 +14,8 @@ import pytest
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.model import build_model, init_from_model_dir, load_model_dir
-from landmark_kaggle.train import train_model
+from landmark_kaggle.model.network import build_model, init_from_model_dir, load_model_dir
+from landmark_kaggle.train.loop import train_model
 
 STAGE = ["model.backbone=MobileNetV3Small", "model.dropout=0", "optim.warmup_epochs=0", "train.batch_size=8",
          "runtime.strategy=cpu", "runtime.precision=float32", "data.deterministic=true", "data.shuffle_buffer=32",

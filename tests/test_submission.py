@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from helpers import hid
 
-from landmark_kaggle.metrics import MetricError
-from landmark_kaggle.submission import (
+from landmark_kaggle.evaluate.metrics import MetricError
+from landmark_kaggle.evaluate.submission import (
     SubmissionError,
     read_solution,
     read_submission,

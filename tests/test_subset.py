@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.sample import make_sample
+from landmark_kaggle.data.subset import make_subset
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.sample import make_sample
-from landmark_kaggle.subset import make_subset
 
 
 @pytest.fixture(scope="module")

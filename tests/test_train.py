@@ -22,13 +22,13 @@ from helpers import CLI
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict, parse_duration
-from landmark_kaggle.distribute import setup_runtime
+from landmark_kaggle.data.gld import read_label_map
+from landmark_kaggle.data.pipeline import build_dataset
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import read_label_map
-from landmark_kaggle.model import build_model, embedding_model, load_model_dir
-from landmark_kaggle.optim import compile_model
-from landmark_kaggle.pipeline import build_dataset
-from landmark_kaggle.train import train_model
+from landmark_kaggle.model.network import build_model, embedding_model, load_model_dir
+from landmark_kaggle.train.distribute import setup_runtime
+from landmark_kaggle.train.loop import train_model
+from landmark_kaggle.train.optim import compile_model
 
 BASE = ["data.image_size=32", "optim.warmup_epochs=0", "optim.learning_rate=0.002", "model.dropout=0",
         "train.batch_size=8", "runtime.strategy=cpu", "runtime.precision=float32", "data.deterministic=true",
@@ -215,7 +215,7 @@ def test_mixed_bfloat16_on_cpu_trains_and_logits_are_float32(shards, tmp_path):
 
 
 def test_resume_check_refuses_a_changed_setting_but_not_the_embedding_only_sample_rate(tmp_path):
-    from landmark_kaggle.train import _check_same_run, _flat
+    from landmark_kaggle.train.loop import _check_same_run, _flat
 
     cfg = config_from_dict({"train": {"epochs": 2}})
     old = _flat(cfg)

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 
 from landmark_kaggle.config import ConfigError, config_from_dict
-from landmark_kaggle.embstore import StoreWriter
-from landmark_kaggle.layers import ArcFaceLoss, CosineClassifier, dynamic_margins
-from landmark_kaggle.model import build_embedding_model, load_model_dir, save_model_dir
-from landmark_kaggle.partial_fc import (
+from landmark_kaggle.data.embstore import StoreWriter
+from landmark_kaggle.model.layers import ArcFaceLoss, CosineClassifier, dynamic_margins
+from landmark_kaggle.model.network import build_embedding_model, load_model_dir, save_model_dir
+from landmark_kaggle.train.embeddings import make_trainer, train_on_embeddings
+from landmark_kaggle.train.partial_fc import (
     PartialFCTrainer,
     partial_fc_loss,
     resolve_rate,
@@ -21,7 +22,6 @@ from landmark_kaggle.partial_fc import (
     sample_size,
     subset_cosine,
 )
-from landmark_kaggle.train_embeddings import make_trainer, train_on_embeddings
 
 SCALE = 16.0
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from landmark_kaggle import gld, records
+from landmark_kaggle.data import gld, records
+from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.fileio import file_sha256
-from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
 from tfrec_builder.verify import verify_dataset

@@ -17,9 +17,9 @@ import tensorflow as tf
 from helpers import REALDATA, real_folder
 from PIL import Image
 
-from landmark_kaggle import gld, records
+from landmark_kaggle.data import gld, records
+from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.sample import make_sample
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
 from tfrec_builder.merge import merge_parts

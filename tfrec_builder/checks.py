@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.records import SPLITS, parse_shard_name
 from landmark_kaggle.fileio import file_sha256
-from landmark_kaggle.records import SPLITS, parse_shard_name
 from tfrec_builder import manifest as mf
 
 _ID = re.compile(r"^[0-9a-f]{16}$")

@@ -35,10 +35,10 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from landmark_kaggle.embstore import MATRIX, StoreError, open_store
+from landmark_kaggle.data.embstore import MATRIX, StoreError, open_store
+from landmark_kaggle.data.gld import BUCKETS, bucket_of, load_train_index
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.fileio import atomic_path, atomic_write_json
-from landmark_kaggle.gld import BUCKETS, bucket_of, load_train_index
 from tfrec_builder import cluster
 
 # What the build-write kernel finds a clean output by (landmark_kaggle.paths.CLEAN_MARKERS).

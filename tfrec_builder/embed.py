@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from landmark_kaggle.embstore import StoreError, StoreWriter, probe_image
+from landmark_kaggle.data.embstore import StoreError, StoreWriter, probe_image
+from landmark_kaggle.data.gld import load_train_index
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import load_train_index
 from tfrec_builder.backends import Backend, build_backend, l2_normalize
 
 DEFAULT_CHUNK = 4096

@@ -23,8 +23,8 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
+from landmark_kaggle.data.records import SPLITS
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.records import SPLITS
 from tfrec_builder.failures import FailureWatch, Systematic
 from tfrec_builder.parts import GB, PART_FILL, human, split_parts
 from tfrec_builder.plan import check_settings, make_plan

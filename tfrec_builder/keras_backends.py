@@ -117,7 +117,7 @@ class ModelDirBackend(Backend):
     """The embedding of a landmark-kaggle model folder, through the same eval path as inference."""
 
     def __init__(self, folder: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
-        from landmark_kaggle.model import WEIGHTS_FILE, embedding_model, load_model_dir
+        from landmark_kaggle.model.network import WEIGHTS_FILE, embedding_model, load_model_dir
 
         if weights is not None or image_size is not None:
             raise BackendError(f"model:{folder}: the weights and image size come from the model folder; "
@@ -131,7 +131,7 @@ class ModelDirBackend(Backend):
         self.dim = int(self.model.output_shape[-1])
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        from landmark_kaggle.pipeline import eval_transform
+        from landmark_kaggle.data.pipeline import eval_transform
 
         batch = np.stack([np.asarray(eval_transform(im, self.data_cfg)) for im in images]).astype(np.float32)
         return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from landmark_kaggle.data.records import SPLITS
 from landmark_kaggle.fileio import atomic_write
-from landmark_kaggle.records import SPLITS
 
 FORMAT = "landmark-kaggle-tfrec/1"
 MANIFEST = "manifest.json"

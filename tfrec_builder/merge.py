@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.fileio import file_sha256
 from tfrec_builder import manifest as mf

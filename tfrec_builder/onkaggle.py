@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from landmark_kaggle.embstore import CHUNKS, META, StoreError
+from landmark_kaggle.data.embstore import CHUNKS, META, StoreError
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.paths import find_inputs, kaggle_working_root
 

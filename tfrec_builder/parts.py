@@ -26,8 +26,8 @@ import os
 import re
 from pathlib import Path
 
+from landmark_kaggle.data.records import SPLITS
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.records import SPLITS
 from tfrec_builder.plan import Plan, ShardPlan
 
 PARTS_FORMAT = "landmark-kaggle-tfrec-parts/1"

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.records import SPLITS, shard_name
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.records import SPLITS, shard_name
 
 OUTLIER_COLUMNS = ["id", "landmark_id", "cluster", "reason"]
 

@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
-from landmark_kaggle.records import encode_example_parts
+from landmark_kaggle.data.records import encode_example_parts
 from tfrec_builder import manifest as mf
 from tfrec_builder.images import ImageError, prepare_bytes, read_file
 from tfrec_builder.tfrecord import RecordWriter

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from landmark_kaggle.records import SPLITS, shard_name
+from landmark_kaggle.data.records import SPLITS, shard_name
 from tfrec_builder import manifest as mf
 from tfrec_builder.checks import check_folder, id_problems, read_manifest
 from tfrec_builder.parts import PARTS_FORMAT, PARTS_JSON, find_part_folders

@@ -34,10 +34,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
+from landmark_kaggle.data.records import SPLITS
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.fileio import file_sha256
-from landmark_kaggle.records import SPLITS
 from tfrec_builder import manifest as mf
 from tfrec_builder.failures import FailureWatch, Systematic, reason_key
 from tfrec_builder.parts import GB, PARTS_JSON, dataset_metadata, dataset_ref, human, parts_doc, split_parts

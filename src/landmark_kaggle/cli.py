@@ -11,15 +11,15 @@ from collections.abc import Sequence
 from landmark_kaggle.clibase import main_for
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample": ("landmark_kaggle.sample", "write the embedded sample dataset in GLDv2 layout"),
-    "stats": ("landmark_kaggle.stats", "class-size buckets (poster Table 2) and the images-per-landmark histogram"),
-    "train": ("landmark_kaggle.traincli", "train EfficientNetV2-S + ArcFace on TFRecord shards into a model folder"),
-    "train-embeddings": ("landmark_kaggle.train_embeddings", "fit cosine classifier + ArcFace on an embeddings store"),
-    "predict": ("landmark_kaggle.predict", "submission.csv from a model folder, with optional retrieval re-ranking"),
-    "embed-index": ("landmark_kaggle.embed_index", "embed training shards into a retrieval index for predict --index"),
-    "kernels": ("landmark_kaggle.kernelcli", "the Kaggle loop: bundle, upload, push kernels, status, output, submit"),
-    "subset": ("landmark_kaggle.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
-    "score": ("landmark_kaggle.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),
+    "sample": ("landmark_kaggle.data.sample", "write the embedded sample dataset in GLDv2 layout"),
+    "stats": ("landmark_kaggle.data.stats", "class-size buckets (poster Table 2) and the images-per-class histogram"),
+    "train": ("landmark_kaggle.train.command", "train EfficientNetV2-S + ArcFace on TFRecord shards: a model folder"),
+    "train-embeddings": ("landmark_kaggle.train.embeddings", "fit cosine classifier + ArcFace on an embeddings store"),
+    "predict": ("landmark_kaggle.infer.predict", "submission.csv from model folders, re-ranked by retrieval if asked"),
+    "embed-index": ("landmark_kaggle.infer.embed_index", "embed training shards into a retrieval index for predict"),
+    "kernels": ("landmark_kaggle.kaggle.command", "the Kaggle loop: bundle, upload, push, status, output, submit"),
+    "subset": ("landmark_kaggle.data.subset", "cut a GLDv2 folder to N classes with a held-out, scorable test split"),
+    "score": ("landmark_kaggle.evaluate.score", "GAP (public, private, all), top-1 and counts of a submission.csv"),
     "dry-run": ("landmark_kaggle.dryrun", "every stage on a data subset (embedded sample by default), GAP at the end"),
 }
 

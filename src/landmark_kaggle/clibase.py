@@ -21,7 +21,6 @@ def build_parser(prog: str, description: str, commands: dict[str, tuple[str, str
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from landmark_kaggle import __version__
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     wanted = next((a for a in argv if not a.startswith("-")), None)

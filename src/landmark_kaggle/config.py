@@ -78,7 +78,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and the learning-rate schedule of the poster's Figure 7 (``schedule.py``)."""
+    """AdamW and the learning-rate schedule of the poster's Figure 7 (``train/schedule.py``)."""
 
     learning_rate: float = 1e-3
     scale_lr_with_replicas: bool = True
@@ -98,8 +98,8 @@ class OptimConfig:
 class RuntimeConfig:
     """Where the training runs: Keras backend, devices, distribution strategy and precision policy.
 
-    ``backend`` and ``devices`` are applied before Keras is imported (``backend.py``),
-    the rest by ``distribute.py``.
+    ``backend`` and ``devices`` are applied before Keras is imported (``train/backend.py``),
+    the rest by ``train/distribute.py``.
     """
 
     backend: str = "auto"  # see BACKENDS; auto: JAX when a TPU is visible to JAX, else TensorFlow
@@ -132,7 +132,7 @@ INDEX_SOURCES = ("bundle", "competition", "both")
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """``predict`` and ``embed-index``: batching, retrieval, the scoring rule (``scoring.py``), TTA."""
+    """``predict`` and ``embed-index``: batching, retrieval, the scoring rule (``infer/scoring.py``), TTA."""
 
     batch_size: int = 64
     topk_neighbours: int = 5

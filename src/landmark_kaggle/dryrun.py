@@ -88,11 +88,11 @@ def _fmt(x) -> str:
 def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, weights: str | None = None,
             seed: int = 0, eps: float | str = 0.33) -> dict:
     """Run every stage into ``out``; returns the report (also written as report.json and report.md)."""
-    from landmark_kaggle import gld
     from landmark_kaggle.config import load_config
-    from landmark_kaggle.sample import make_sample
-    from landmark_kaggle.stats import dataset_stats, plot_histogram
-    from landmark_kaggle.submission import read_solution, read_submission, score, validate_submission
+    from landmark_kaggle.data import gld
+    from landmark_kaggle.data.sample import make_sample
+    from landmark_kaggle.data.stats import dataset_stats, plot_histogram
+    from landmark_kaggle.evaluate.submission import read_solution, read_submission, score, validate_submission
 
     plan = QUICK if quick else FULL
     out = Path(out)
@@ -126,7 +126,7 @@ def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, we
     cfg_overrides = [f"data.image_size={plan.image_size}", f"train.batch_size={plan.batch_size}",
                      "optim.warmup_epochs=0", "optim.decay=cosine", f"train.seed={seed}", "data.deterministic=true",
                      "inference.batch_size=32", *plan.overrides]
-    from landmark_kaggle.train import train_model
+    from landmark_kaggle.train.loop import train_model
     from tfrec_builder.clean import clean_dataset
     from tfrec_builder.embed import embed_dataset
     from tfrec_builder.verify import verify_dataset
@@ -176,8 +176,8 @@ def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, we
                       lambda s: f"{s['epochs_done']} epochs, val " + ", ".join(
                           f"top{k} {s['history'][-1].get(f'val_top{k}', float('nan')):.3f}" for k in (1, 10, 100)))
 
-    from landmark_kaggle.embed_index import build_index
-    from landmark_kaggle.predict import predict
+    from landmark_kaggle.infer.embed_index import build_index
+    from landmark_kaggle.infer.predict import predict
 
     rec.run("embed-index", lambda: build_index(out / "model", out / "index", data=str(out / "tfrec")),
             lambda s: f"{s['rows']} training images indexed")

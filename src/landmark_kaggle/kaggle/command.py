@@ -4,7 +4,7 @@
 uploads them (``kaggle datasets create`` with ``--new``, else ``version``;
 ``--parts FOLDER``: every part of a local ``tfrec-builder write`` instead),
 ``push NAME`` renders kernel NAME (submission | train | build-embed |
-build-write; ``--part k``, ``--shards``, ``--args``: ``kernels_build``) and runs
+build-write; ``--part k``, ``--shards``, ``--args``: ``build_kernels``) and runs
 ``kaggle kernels push -p``, ``status NAME`` and ``output NAME`` ask how a
 pushed kernel runs and download what it wrote, and ``submit`` makes the
 code-competition submission of a version of the submission kernel
@@ -27,9 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from landmark_kaggle import kernels, kernels_build
 from landmark_kaggle.fileio import atomic_write_json
-from landmark_kaggle.kernels import KernelError, kaggle_username
+from landmark_kaggle.kaggle import build_kernels, kernels
+from landmark_kaggle.kaggle.kernels import KernelError, kaggle_username
 from landmark_kaggle.paths import COMPETITION
 
 # What `kernels push` leaves beside the rendered kernel: which version Kaggle made of it.
@@ -76,7 +76,7 @@ def push(name: str, user: str, out: str | Path, accelerator: str | None = None,
     """Render and push kernel NAME; returns the push record (kernel, version, folder) and the client's words.
 
     ``continue_last`` (train, build-embed) attaches the kernel's own last output, so the new version
-    continues it; ``variant``: ``part``, ``shards``, ``kernel_args`` (``kernels_build``).
+    continues it; ``variant``: ``part``, ``shards``, ``kernel_args`` (``build_kernels``).
 
     Raises when Kaggle refused any dataset, competition or kernel source: the version exists then, but
     it runs without that data.
@@ -144,7 +144,7 @@ def upload_datasets(out: str | Path, new: bool, message: str, parts: str | Path 
     """Upload the bundle folders in ``out``, or every part folder of the local build ``parts``."""
     out = Path(out)
     if parts is not None:
-        found = kernels_build.part_folders(parts)
+        found = build_kernels.part_folders(parts)
     else:
         found = [out / slug for slug in kernels.DATASET_TITLES if (out / slug / "dataset-metadata.json").is_file()]
     if not found:
@@ -183,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="train, build-embed: attach this kernel's last version's output, so the new version "
                         "continues it (the checkpoint, the embeddings store)")
     p.add_argument("--part", type=int, metavar="K",
-                   help=f"build-write: the kernel for part K (slug {kernels_build.WRITE_SLUG.format(k='K')})")
+                   help=f"build-write: the kernel for part K (slug {build_kernels.WRITE_SLUG.format(k='K')})")
     p.add_argument("--shards", metavar="N|FOLDER",
                    help="train: attach the outputs of the N build-write kernels, or the part datasets of a local "
                         "build FOLDER (their dataset-metadata.json ids), instead of the one shard dataset")

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from landmark_kaggle.config import SECTIONS, Config, config_from_dict, save_config
+from landmark_kaggle.data.gld import read_label_map, write_label_map
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import read_label_map, write_label_map
-from landmark_kaggle.layers import CosineClassifier, GeMPooling2D
+from landmark_kaggle.model.layers import CosineClassifier, GeMPooling2D
 
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
@@ -257,7 +257,7 @@ def load_model_dir(path, *, precision: str = "float32") -> ModelBundle:
         hint = ""
         if (folder / "model.keras").is_file():
             hint = (" (it has model.keras: a folder from an older landmark-kaggle; load it where it was written "
-                    "and save it again with landmark_kaggle.model.save_model_dir)")
+                    "and save it again with landmark_kaggle.model.network.save_model_dir)")
         raise UserError(f"model folder {folder} has no {', '.join(missing)} "
                         f"(expected {', '.join(MODEL_FOLDER_FILES)}){hint}")
     cfg, extra = read_model_config(folder / CONFIG_FILE)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_kaggle.embstore import StoreError, check_probe
+from landmark_kaggle.data.embstore import StoreError, check_probe
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.inference import InferenceBundle, load_for_inference, probe_embedding
+from landmark_kaggle.infer.embedder import InferenceBundle, load_for_inference, probe_embedding
 
 
 @dataclass

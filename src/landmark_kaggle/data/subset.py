@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
 from landmark_kaggle.errors import UserError
 
 

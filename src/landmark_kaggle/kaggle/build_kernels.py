@@ -13,7 +13,7 @@
   each uploaded as its own dataset (``kaggle datasets create -p`` per part).
 
 Pure edits of a folder ``kernels.render_kernel`` rendered; it checks the
-result against Kaggle's rules, ``kernelcli`` runs the client (this module
+result against Kaggle's rules, ``command`` runs the client (this module
 imports neither, so there is no circle).
 """
 

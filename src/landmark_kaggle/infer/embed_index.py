@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from landmark_kaggle.embstore import StoreWriter
+from landmark_kaggle.data.embstore import StoreWriter
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.fileio import atomic_write_json
-from landmark_kaggle.retrieval import INDEX_META, LANDMARK_IDS, NONLANDMARK_SIM, RetrievalIndex, load_checked
+from landmark_kaggle.infer.retrieval import INDEX_META, LANDMARK_IDS, NONLANDMARK_SIM, RetrievalIndex, load_checked
 
 
 def _embed_batches(embed_fn, dataset, writer: StoreWriter, ids: np.ndarray, batch_size: int, desc: str) -> int:
     """Fill every pending chunk of writer; an unreadable image leaves a NaN row and a failed entry."""
-    from landmark_kaggle.inference import iterate_batches
+    from landmark_kaggle.infer.embedder import iterate_batches
 
     row_of = {v: i for i, v in enumerate(ids.tolist())}
     failed_total = 0
@@ -87,8 +87,8 @@ def _read_info(folder: Path) -> dict:
 
 def write_nonlandmark_sims(index_dir, distractors_dir, embedder) -> dict:
     """B of every row of an index: its mean top-5 similarity to the non-landmark index; stored beside it."""
-    from landmark_kaggle.scoring import FIRST_B_TOP
-    from landmark_kaggle.search import DeviceIndex, mean_top_similarity
+    from landmark_kaggle.infer.scoring import FIRST_B_TOP
+    from landmark_kaggle.infer.search import DeviceIndex, mean_top_similarity
 
     index_dir = Path(index_dir)
     index = RetrievalIndex(index_dir)
@@ -110,8 +110,8 @@ def build_index(model_dir, out: str | os.PathLike, *, data=None, images: str | N
                 overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Embed training shards (one or several folders, ``pipeline.DataDirs``) or an image folder with one model
     folder or a list of them (an ensemble); resumable. Returns a summary dict."""
-    from landmark_kaggle import pipeline as P
-    from landmark_kaggle.ensemble import load_embedder
+    from landmark_kaggle.data import pipeline as P
+    from landmark_kaggle.infer.ensemble import load_embedder
 
     if data is not None:
         P.read_data_label_map(data)  # several folders: the parts of one build, else an error naming two maps

@@ -65,8 +65,8 @@ def _overrides(args) -> list[str]:
 
 
 def run(args) -> int:
-    from landmark_kaggle.backend import choose_backend
     from landmark_kaggle.errors import UserError
+    from landmark_kaggle.train.backend import choose_backend
 
     cfg = load_config(args.config, _overrides(args))
     if args.estimate:
@@ -79,21 +79,21 @@ def run(args) -> int:
     parse_duration(cfg.session.time_budget)  # a malformed budget fails before Keras starts
     # Before anything imports Keras: it reads the backend once.
     choose_backend(cfg.runtime)
-    from landmark_kaggle.distribute import setup_runtime
+    from landmark_kaggle.train.distribute import setup_runtime
 
     r = cfg.runtime
     runtime = setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=True)  # fails fast
     data, out, resume = args.data, args.out, args.resume
     if args.kaggle:
         from landmark_kaggle.config import config_from_dict
-        from landmark_kaggle.kaggletrain import describe, prepare_session
+        from landmark_kaggle.train.kaggle_session import describe, prepare_session
 
         session = prepare_session(cfg, out, data)
         print(describe(session), flush=True)
         data, out, resume = session.data, session.out, resume or session.resume
         if session.weights:
             cfg = config_from_dict(cfg.to_dict(), [f"model.weights={session.weights}"])
-    from landmark_kaggle.train import train_model
+    from landmark_kaggle.train.loop import train_model
 
     summary = train_model(data, out, cfg, resume=resume, init_from=args.init_from, runtime=runtime)
     return 0 if summary["status"] in ("complete", "time budget") else 1
@@ -101,11 +101,11 @@ def run(args) -> int:
 
 def _estimate(args, cfg) -> int:
     from landmark_kaggle.errors import UserError
-    from landmark_kaggle.memory import report
+    from landmark_kaggle.train.memory import report
 
     classes = args.classes
     if args.data:
-        from landmark_kaggle.pipeline import read_data_label_map
+        from landmark_kaggle.data.pipeline import read_data_label_map
 
         classes = classes or len(read_data_label_map(args.data))
     classes = classes or cfg.model.num_classes or 81313

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from landmark_kaggle.data.gld import hex_id_mask
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.evaluate.metrics import GroundTruth, MetricError, correct_predictions, global_average_precision
 from landmark_kaggle.fileio import atomic_path
-from landmark_kaggle.gld import hex_id_mask
-from landmark_kaggle.metrics import GroundTruth, MetricError, correct_predictions, global_average_precision
 
 SUBMISSION_COLUMNS = ["id", "landmarks"]
 USAGES = ("Public", "Private", "Ignored")

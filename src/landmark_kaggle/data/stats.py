@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_kaggle import gld
+from landmark_kaggle.data import gld
 
 
 def dataset_stats(index: gld.GLDIndex, missing: int | None = None) -> dict:

@@ -28,8 +28,8 @@ import sys
 import warnings
 
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.metrics import MetricError
-from landmark_kaggle.submission import read_solution, read_submission, score, validate_submission
+from landmark_kaggle.evaluate.metrics import MetricError
+from landmark_kaggle.evaluate.submission import read_solution, read_submission, score, validate_submission
 
 SHOW_DROPPED = 10
 

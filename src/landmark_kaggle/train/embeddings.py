@@ -62,8 +62,8 @@ def make_trainer(model, cfg, class_counts=None, *, steps_per_epoch: int, batch_s
     K is the classes one training step sees (all of them for the full
     softmax). Either way validation metrics are top-k over every class.
     """
-    from landmark_kaggle.optim import compile_model, make_loss
-    from landmark_kaggle.partial_fc import PartialFCTrainer, resolve_rate, sample_size
+    from landmark_kaggle.train.optim import compile_model, make_loss
+    from landmark_kaggle.train.partial_fc import PartialFCTrainer, resolve_rate, sample_size
 
     num_classes = int(model.output_shape[-1])
     k = sample_size(num_classes, resolve_rate(cfg.embeddings.class_sample, num_classes), batch_size)
@@ -83,12 +83,12 @@ def train_on_embeddings(store_path, data_dir, out_dir, cfg, *, val_fraction: flo
     import keras
     import pandas as pd
 
-    from landmark_kaggle.embstore import open_store
+    from landmark_kaggle.data.embstore import open_store
+    from landmark_kaggle.data.gld import load_train_index
     from landmark_kaggle.errors import UserError
-    from landmark_kaggle.gld import load_train_index
-    from landmark_kaggle.model import build_embedding_model, save_model_dir
-    from landmark_kaggle.plots import plot_history
-    from landmark_kaggle.schedule import schedule_from_config
+    from landmark_kaggle.model.network import build_embedding_model, save_model_dir
+    from landmark_kaggle.train.plots import plot_history
+    from landmark_kaggle.train.schedule import schedule_from_config
 
     t0 = time.monotonic()
     store = open_store(store_path)

@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from landmark_kaggle import paths, retrieval
+from landmark_kaggle import paths
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.infer import retrieval
 
 # At most this many test images are held (cos θ and embeddings) between two searches.
 MAX_QUERY_BLOCK = 32768
@@ -80,7 +81,7 @@ def distinct_models(folders: list[Path]) -> list[Path]:
     double the work, so the first copy stands for both.
     """
     from landmark_kaggle.fileio import file_sha256
-    from landmark_kaggle.model import WEIGHTS_FILE
+    from landmark_kaggle.model.network import WEIGHTS_FILE
 
     seen: dict[str, Path] = {}
     for folder in folders:
@@ -100,8 +101,7 @@ def why_unreadable(path, data_cfg) -> str:
     """Decode and transform one image eagerly, outside tf.data's ignore_errors, and return the error it raises."""
     import tensorflow as tf
 
-    from landmark_kaggle import pipeline
-
+    from landmark_kaggle.data import pipeline
     try:
         pipeline.eval_transform(pipeline.decode_image(tf.io.read_file(str(path))), data_cfg)
     except Exception as exc:  # whatever TensorFlow raises is the answer we want
@@ -129,7 +129,7 @@ def query_block_size(inference, num_classes: int) -> int:
     eighth of the free memory), and at least one inference batch."""
     if inference.query_block:
         return inference.query_block
-    from landmark_kaggle.search import host_available_bytes
+    from landmark_kaggle.infer.search import host_available_bytes
 
     budget = min(1 << 30, host_available_bytes() // 8)
     n = min(MAX_QUERY_BLOCK, budget // (4 * max(num_classes, 1)))
@@ -138,8 +138,7 @@ def query_block_size(inference, num_classes: int) -> int:
 
 def _test_images(images, tfrec, data_cfg):
     """(ids, dataset, names skipped, {id: file} for images, where they come from)."""
-    from landmark_kaggle import pipeline
-
+    from landmark_kaggle.data import pipeline
     if (images is None) == (tfrec is None):
         raise UserError("give exactly one of --images DIR or --tfrec PATTERN")
     if images is not None:
@@ -168,8 +167,7 @@ def _expected_ids(ids: np.ndarray, ids_csv) -> list[str]:
 
 def _retrieval(embedder, out, index, distractors, competition, competition_index) -> tuple:
     """The assembled ``retrieval.Retrieval`` for the settings, and notes on inputs it leaves unused."""
-    from landmark_kaggle import competition as comp
-
+    from landmark_kaggle.infer import competition as comp
     inf, label_map, notes = embedder.config.inference, embedder.label_map, []
     parts, own = [], ()
     if inf.index_from in ("bundle", "both") and index:
@@ -197,7 +195,7 @@ def _retrieval(embedder, out, index, distractors, competition, competition_index
 
 def _blocks(embed, dataset, batch_size: int, block: int, bar):
     """(ids, cos θ, embeddings) of ``block`` images at a time, embedded batch by batch."""
-    from landmark_kaggle.inference import iterate_batches
+    from landmark_kaggle.infer.embedder import iterate_batches
 
     ids, cos, emb = [], [], []
     for batch_ids, (c, e) in iterate_batches(embed, dataset, batch_size):
@@ -221,7 +219,7 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
     ``inference.restrict_to_competition_train``; ``competition_index`` where its train set is embedded
     (default: ``competition_index`` beside ``out``).
     """
-    from landmark_kaggle.ensemble import load_embedder
+    from landmark_kaggle.infer.ensemble import load_embedder
 
     models = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
     embedder = load_embedder(models, overrides)
@@ -242,7 +240,7 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
                 best_lid[i], best_conf[i] = (int(lm_ids[t]) if t >= 0 else -1), float(c)
         bar.update(len(ids) - bar.n)  # the unreadable ones, so the bar ends full
     seconds = time.perf_counter() - start
-    from landmark_kaggle.submission import write_submission
+    from landmark_kaggle.evaluate.submission import write_submission
 
     out = Path(out)
     missed = [i for i in expected if i not in best_lid]

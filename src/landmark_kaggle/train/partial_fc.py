@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from landmark_kaggle.layers import arcface_logits
+from landmark_kaggle.model.layers import arcface_logits
 
 # Below this many classes the full softmax is cheap enough that sampling buys nothing.
 AUTO_MIN_CLASSES = 20_000

@@ -47,7 +47,13 @@ def load_for_inference(model_dir: str | os.PathLike, overrides: list[str] | tupl
     import keras
     import tensorflow as tf
 
-    from landmark_kaggle.model import CONFIG_FILE, WEIGHTS_FILE, embedding_model, load_model_dir, read_model_config
+    from landmark_kaggle.model.network import (
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        embedding_model,
+        load_model_dir,
+        read_model_config,
+    )
 
     bad = [o for o in overrides if not o.strip().startswith("inference.")]
     if bad:
@@ -85,6 +91,6 @@ def iterate_batches(fn: Callable, dataset: tf.data.Dataset, batch_size: int) -> 
 
 def probe_embedding(bundle: InferenceBundle) -> np.ndarray:
     """The model's embedding of the store probe image (``embstore.probe_image``) at the model's input size."""
-    from landmark_kaggle.embstore import probe_image
+    from landmark_kaggle.data.embstore import probe_image
 
     return bundle.embed_fn(probe_image(bundle.config.data.image_size)[None].astype(np.float32))[1][0]

@@ -26,17 +26,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from landmark_kaggle import pipeline
 from landmark_kaggle.config import Config, parse_duration
 from landmark_kaggle.config_migrate import migrate_flat
-from landmark_kaggle.distribute import Runtime, global_batch, setup_runtime
+from landmark_kaggle.data import pipeline
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.evaluate.metrics import TOP_K
 from landmark_kaggle.fileio import atomic_write_json
-from landmark_kaggle.metrics import TOP_K
-from landmark_kaggle.model import build_model, init_from_model_dir, save_model_dir
-from landmark_kaggle.optim import compile_model
-from landmark_kaggle.plots import plot_history
-from landmark_kaggle.schedule import schedule_from_config
+from landmark_kaggle.model.network import build_model, init_from_model_dir, save_model_dir
+from landmark_kaggle.train.distribute import Runtime, global_batch, setup_runtime
+from landmark_kaggle.train.optim import compile_model
+from landmark_kaggle.train.plots import plot_history
+from landmark_kaggle.train.schedule import schedule_from_config
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from landmark_kaggle.data.gld import image_path
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import image_path
 
 # Photos of single scenes or objects: the "landmarks".
 LANDMARK_SOURCES = [

@@ -26,7 +26,7 @@ CHUNK_BATCHES = 16
 
 def train_frame(competition: str | Path):
     """``train.csv`` of the competition folder (ids checked row by row), with each image's path under train/."""
-    from landmark_kaggle.gld import TRAIN_CSV, load_train_index
+    from landmark_kaggle.data.gld import TRAIN_CSV, load_train_index
 
     root = Path(competition)
     if not (root / TRAIN_CSV).is_file():
@@ -47,8 +47,8 @@ def build_index(embedder, competition: str | Path, out: str | Path, *, batch_siz
     A chunk is 16 inference batches (1,024 images at batch 64) unless ``chunk_size`` says otherwise: a kill
     loses at most that much work.
     """
-    from landmark_kaggle import pipeline
-    from landmark_kaggle.embed_index import embed_into_store
+    from landmark_kaggle.data import pipeline
+    from landmark_kaggle.infer.embed_index import embed_into_store
 
     frame = train_frame(competition)
     if not (Path(competition) / "train").is_dir():

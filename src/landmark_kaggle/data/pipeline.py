@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from landmark_kaggle import records
+from landmark_kaggle.data import records
+from landmark_kaggle.data.gld import hex_id_mask, read_label_map
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.gld import hex_id_mask, read_label_map
 
 AUTOTUNE = tf.data.AUTOTUNE
 

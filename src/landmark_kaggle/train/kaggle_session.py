@@ -50,7 +50,7 @@ def backbone_weights(candidates: list[Path], cfg) -> Path | None:
     """The first candidate that loads into ``cfg.model.backbone`` without a mismatch (Keras is imported here)."""
     import keras
 
-    from landmark_kaggle.model import build_backbone
+    from landmark_kaggle.model.network import build_backbone
 
     probe = replace(cfg, data=replace(cfg.data, image_size=64), model=replace(cfg.model, weights="none"))
     backbone = build_backbone(probe)
@@ -80,7 +80,7 @@ def _step(folder: Path) -> int:
 
 def same_run(folders: list[Path], cfg) -> tuple[list[Path], list[str]]:
     """The checkpoints made with ``cfg``'s settings (those a resume accepts), and why the others are not."""
-    from landmark_kaggle.train import why_not_resumable
+    from landmark_kaggle.train.loop import why_not_resumable
 
     same, other = [], []
     for folder in folders:

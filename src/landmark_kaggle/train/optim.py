@@ -1,6 +1,6 @@
 """What training adds to a model: the AdamW optimizer on the Figure 7 schedule, the ArcFace loss, top-k metrics.
 
-``model.py`` only builds networks; every trainer (the image trainer, the
+``model/network.py`` only builds networks; every trainer (the image trainer, the
 embedding-only trainer and its Partial FC step) compiles through
 ``compile_model`` here, so they share one optimizer, one loss and one set of
 metrics.
@@ -12,9 +12,9 @@ import keras
 
 from landmark_kaggle.config import Config
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.layers import ArcFaceLoss, dynamic_margins
-from landmark_kaggle.metrics import TOP_K
-from landmark_kaggle.schedule import schedule_from_config
+from landmark_kaggle.evaluate.metrics import TOP_K
+from landmark_kaggle.model.layers import ArcFaceLoss, dynamic_margins
+from landmark_kaggle.train.schedule import schedule_from_config
 
 
 def make_loss(cfg: Config, class_counts=None) -> ArcFaceLoss:

@@ -26,7 +26,7 @@ HEADROOM = 0.85
 
 def _backbone_profile(cfg: Config, image_size: int) -> tuple[int, int, int]:
     """(backbone parameters, feature width, activation elements per image) at ``image_size``."""
-    from landmark_kaggle.model import build_backbone
+    from landmark_kaggle.model.network import build_backbone
 
     c = replace(cfg, data=replace(cfg.data, image_size=image_size), model=replace(cfg.model, weights="none"))
     backbone = build_backbone(c)

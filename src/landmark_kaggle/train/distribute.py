@@ -31,9 +31,9 @@ from typing import Any
 
 import keras
 
-from landmark_kaggle.backend import check_backend
 from landmark_kaggle.config import PRECISIONS, STRATEGIES, parse_devices
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.train.backend import check_backend
 
 
 @dataclass
@@ -235,7 +235,7 @@ def jax_devices(strategy: str = "auto", devices: str = "auto") -> tuple[list, st
         raise UserError(f"runtime.devices = {devices}: JAX sees no {kind} device")
     if count and len(found) != count:
         raise UserError(f"runtime.devices = {devices}, but JAX has {len(found)} host device(s): the count is set "
-                        "when JAX starts (landmark_kaggle.backend.choose_backend, before Keras is imported)")
+                        "when JAX starts (landmark_kaggle.train.backend.choose_backend, before Keras is imported)")
     return found, kind, note
 
 

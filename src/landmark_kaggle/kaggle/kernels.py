@@ -12,7 +12,7 @@ anything we write), pastes ``kernels/prelude.py`` into its launcher and checks
 the metadata against the rules the kaggle client enforces in ``kernels_push``
 plus our own (internet stated explicitly, no placeholder left); the build
 kernels' variants (``--part``, ``--shards``, ``--args``) are edits of the
-rendered folder in ``kernels_build``. ``kernelcli`` runs the real kaggle client over them.
+rendered folder in ``build_kernels``. ``command`` runs the real kaggle client over them.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from landmark_kaggle import kernels_build
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.kaggle import build_kernels
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PLACEHOLDER = "YOUR_KAGGLE_USERNAME"
 # Every launcher starts with this import; rendering replaces the line with kernels/prelude.py itself.
 PRELUDE = "kernels/prelude.py"
@@ -268,7 +268,7 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
     ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
     version's) through ``kernel_sources``: the train kernel resumes its checkpoint
     from it, build-embed its store. ``part``, ``shards`` and ``kernel_args`` are
-    the build kernels' variants (``kernels_build.adjust_rendered``).
+    the build kernels' variants (``build_kernels.adjust_rendered``).
     """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
@@ -297,7 +297,7 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
                               f"continues the last one's output), not {name}")
         meta["kernel_sources"] = [*[s for s in meta.get("kernel_sources", []) if s != meta["id"]], meta["id"]]
     _write_json(out / "kernel-metadata.json", meta)
-    kernels_build.adjust_rendered(out, name, user, part=part, shards=shards, kernel_args=kernel_args)
+    build_kernels.adjust_rendered(out, name, user, part=part, shards=shards, kernel_args=kernel_args)
     validate_kernel_metadata(json.loads((out / "kernel-metadata.json").read_text(encoding="utf-8")), out,
                              where=str(template))
     return out

@@ -113,6 +113,6 @@ def check_backend(runtime) -> str:
         in_use = keras.backend.backend()
     if runtime.backend not in ("auto", in_use):
         raise UserError(f"runtime.backend = {runtime.backend!r}, but Keras runs on {in_use}: call "
-                        "landmark_kaggle.backend.choose_backend(cfg.runtime) before anything imports Keras "
+                        "landmark_kaggle.train.backend.choose_backend(cfg.runtime) before anything imports Keras "
                         "(the train command does)")
     return in_use

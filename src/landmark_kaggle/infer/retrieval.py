@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_kaggle import scoring
-from landmark_kaggle.embstore import open_store
+from landmark_kaggle.data.embstore import open_store
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.search import DeviceIndex, mean_top_similarity
+from landmark_kaggle.infer import scoring
+from landmark_kaggle.infer.search import DeviceIndex, mean_top_similarity
 
 LANDMARK_IDS = "landmark_ids.npy"
 INDEX_META = "index.json"
