@@ -27,5 +27,6 @@ def test_the_readme_is_a_map_and_its_links_lead_somewhere():
     text = (ROOT / "README.md").read_text()
     assert text.count("\n") <= 150, "the README is the two commands plus a map: the rest belongs in docs/"
     links = re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)", text)
-    assert {"docs/data.md", "docs/training.md", "docs/inference.md", "docs/kaggle.md", "docs/benchmarks.md"} <= set(links)
+    pages = {"docs/data.md", "docs/training.md", "docs/inference.md", "docs/kaggle.md", "docs/benchmarks.md"}
+    assert pages <= set(links)
     assert not [link for link in links if not (ROOT / link).is_file()]
