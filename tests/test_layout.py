@@ -101,7 +101,8 @@ def _third_party(module: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["train", "optim", "model", "layers", "schedule", "memory", "kaggletrain"])
+@pytest.mark.parametrize("module", ["train", "optim", "model", "layers", "schedule", "memory", "kaggletrain",
+                                    "efficientnet_lite", "pth"])
 def test_the_trainer_is_backend_neutral(module):
     # TensorFlow-only and JAX-only code lives in distribute.py (backend.py only looks for a TPU before Keras loads).
     assert not {"tensorflow", "jax"} & _third_party(module)
