@@ -112,7 +112,11 @@ def render(name: str, user: str, out: str | Path, accelerator: str | None = None
         if variant.get("kernel_args") is None:
             variant["kernel_args"] = last.get("kernel_args")
         if variant.get("shards") is None and last.get("shards"):
-            variant["shards"] = ShardSources(**last["shards"])
+            try:
+                variant["shards"] = ShardSources(**last["shards"])
+            except TypeError:
+                raise KernelError(f"{folder / PUSH_RECORD}: its shards are not {{'kernels': [...], 'datasets': "
+                                  "[...]}; pass --shards again") from None
     if isinstance(variant.get("shards"), str):
         variant["shards"] = kernels_build.shard_sources(variant["shards"], user)
     kernels.render_kernel(name, user, folder, accelerator=accelerator, continue_last=continue_last,
