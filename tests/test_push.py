@@ -221,7 +221,10 @@ def test_every_credential_is_scanned_for(tmp_path, kaggle_env, kaggle_server, mo
             ("KAGGLE_API_TOKEN", "KGAT_env_0123456789abcdef01234567",
              lambda s: monkeypatch.setenv("KAGGLE_API_TOKEN", s)),
             ("kaggle.json", "abcdef0123456789abcdef0123456789",
-             lambda s: (tmp_path / "kcfg2" / "kaggle.json").write_text(json.dumps({"username": "a", "key": s})))):
+             lambda s: (tmp_path / "kcfg2" / "kaggle.json").write_text(json.dumps({"username": "a", "key": s}))),
+            ("credentials.json", "refresh_0123456789abcdef01234567",  # what `kaggle auth login` keeps
+             lambda s: (tmp_path / "home2" / ".kaggle" / "credentials.json").write_text(
+                 json.dumps({"refresh_token": s, "access_token": "", "username": "carol"})))):
         monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
         monkeypatch.delenv("KAGGLE_KEY", raising=False)
         monkeypatch.setenv("HOME", str(tmp_path / "home2"))
@@ -234,6 +237,9 @@ def test_every_credential_is_scanned_for(tmp_path, kaggle_env, kaggle_server, mo
         setup(secret)
         with pytest.raises(kernels.KernelError, match="notes.txt contains your Kaggle API key or access token"):
             kernels.scan_for_credentials(folder)
+    # The OAuth login names its user on disk: no client to ask.
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    assert kernels.kaggle_username(ask_client=lambda: pytest.fail("asked the client")) == "carol"
 
 
 def test_user_name_from_kaggle_config_file(tmp_path, kaggle_env, kaggle_server):

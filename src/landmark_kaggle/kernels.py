@@ -105,6 +105,15 @@ def _read_token(path: Path) -> str:
         return ""
 
 
+def oauth_values() -> dict:
+    """What ``kaggle auth login`` keeps (kagglesdk ``KaggleCredentials``: ~/.kaggle/credentials.json)."""
+    try:
+        values = json.loads((Path.home() / ".kaggle" / "credentials.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
 def access_tokens() -> list[str]:
     """The access tokens kaggle 2.x logs in with, where kagglesdk looks (``get_access_token_from_env``):
     ``KAGGLE_API_TOKEN`` (the token, or a file holding it), ``~/.kaggle/access_token`` (or ``.txt``)."""
@@ -118,9 +127,11 @@ def access_tokens() -> list[str]:
 
 
 def kaggle_username(explicit: str | None = None, ask_client=None) -> str:
-    """The Kaggle user: ``--user``, ``KAGGLE_USERNAME``, kaggle.json's ``username``, else (a token login,
-    which keeps no name on disk) what ``ask_client()`` answers, the name the kaggle client got for the token."""
-    user = explicit or os.environ.get("KAGGLE_USERNAME") or _config_values().get("username")
+    """The Kaggle user: ``--user``, ``KAGGLE_USERNAME``, kaggle.json's ``username``, the name ``kaggle auth
+    login`` saved, else (a token login, which keeps no name on disk) what ``ask_client()`` answers, the name
+    the kaggle client got for the token."""
+    user = (explicit or os.environ.get("KAGGLE_USERNAME") or _config_values().get("username")
+            or oauth_values().get("username"))
     if not user and ask_client is not None and access_tokens():
         user = ask_client()
     if not user:
@@ -133,8 +144,11 @@ def kaggle_username(explicit: str | None = None, ask_client=None) -> str:
 
 
 def credential_values() -> list[str]:
-    """The secrets nothing we upload may contain: the legacy key (environment, kaggle.json) and every access token."""
-    values = [os.environ.get("KAGGLE_KEY", ""), _config_values().get("key", ""), *access_tokens()]
+    """The secrets nothing we upload may contain: the legacy key (environment, kaggle.json), every access token
+    and what ``kaggle auth login`` keeps."""
+    oauth = oauth_values()
+    values = [os.environ.get("KAGGLE_KEY", ""), _config_values().get("key", ""), *access_tokens(),
+              str(oauth.get("refresh_token") or ""), str(oauth.get("access_token") or "")]
     return [v for v in values if v and len(v) >= 8]
 
 
