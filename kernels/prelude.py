@@ -3,12 +3,14 @@
 `landmark-kaggle kernels push` pastes this file into each launcher in place of its
 `from prelude import ...` line, so the script Kaggle runs is self-contained;
 edit this file, never a rendered copy. The wheel is found by its name at any
-depth up to five under the input root, never inside GLDv2's image folders
+depth up to eight under the input root, never inside GLDv2's image folders
 (`train/a/b/c/`): the same rules as `landmark_kaggle.paths.find_inputs`, which finds
 everything else once the wheel is in (`one(kind)`, `every(kind)`), so every
 layout Kaggle mounts works (`/kaggle/input/<slug>/`,
 `/kaggle/input/competitions/<slug>/`, `/kaggle/input/datasets/<owner>/<slug>/`,
-Kaggle Models' `/kaggle/input/<model>/<framework>/<variation>/<version>/`).
+`/kaggle/input/notebooks/<owner>/<slug>/`,
+`/kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/` and the
+older `/kaggle/input/<model>/<framework>/<variation>/<version>/`).
 Kaggle's image keeps its own TensorFlow, Keras and numpy: the wheel goes in with
 `--no-deps` into a private folder, and the package runs on their versions.
 LANDMARK_KAGGLE_ARGS, when set, is appended to the kernel's command (split like
@@ -25,7 +27,7 @@ from pathlib import Path
 
 # Kaggle mounts inputs here; tests and local runs move it with this variable.
 INPUT = Path(os.environ.get("LANDMARK_KAGGLE_INPUT", "/kaggle/input"))
-MAX_DEPTH = 5
+MAX_DEPTH = 8  # landmark_kaggle.paths.MAX_DEPTH (a test keeps them equal)
 IMAGE_SPLITS = ("train", "test", "index")
 # Set to 1 to see the command a launcher would run, with its inputs found, without running it.
 PLAN_ENV = "LANDMARK_KAGGLE_PLAN"

@@ -232,14 +232,16 @@ def score_json(solution, submission) -> dict:
 
 # -- Kaggle input trees: what Kaggle mounts under /kaggle/input, in each layout it has been seen to use --------------
 
-LAYOUTS = ("classic", "new", "models")
+LAYOUTS = ("classic", "new", "models", "owner-models")
 
 
 def input_path(root: Path, layout: str, kind: str, slug: str) -> Path:
-    """Where Kaggle mounts source ``slug`` of ``kind`` (competition | dataset | model) in ``layout``.
+    """Where Kaggle mounts source ``slug`` of ``kind`` (competition | dataset | model | notebook) in ``layout``.
 
-    classic: ``<slug>/`` for everything; new: ``competitions/<slug>/`` and ``datasets/<owner>/<slug>/``;
-    models: as new, but a model is a Kaggle Model, ``<model>/<framework>/<variation>/<version>/``.
+    classic: ``<slug>/`` for everything; new: ``competitions/<slug>/``, ``datasets/<owner>/<slug>/`` and a
+    notebook's output at ``notebooks/<owner>/<slug>/``; models: as new, but a model is an older Kaggle Model,
+    ``<model>/<framework>/<variation>/<version>/``; owner-models: as new, a model a Kaggle Model of today,
+    ``models/<owner>/<model>/<framework>/<variation>/<version>/`` (six levels).
     """
     if layout == "classic":
         return root / slug
@@ -247,6 +249,10 @@ def input_path(root: Path, layout: str, kind: str, slug: str) -> Path:
         return root / "competitions" / slug
     if kind == "model" and layout == "models":
         return root / slug / "keras" / "default" / "1"
+    if kind == "model" and layout == "owner-models":
+        return root / "models" / "alice" / slug / "keras" / "default" / "1"
+    if kind == "notebook":
+        return root / "notebooks" / "alice" / slug
     return root / "datasets" / "alice" / slug
 
 

@@ -7,7 +7,8 @@ absolute URL of e.g. ``POST /api/v1/kernels.KernelsApiService/SaveKernel``.
 Every request is recorded; the answers follow the response types of kagglesdk
 (``kernels_api_service``, ``competition_api_service``, ``dataset_api_service``)
 as the client 2.2.5 reads them. ``Kaggle`` holds what the server knows: which
-datasets exist, each kernel's latest version, run state and output files.
+datasets exist, each kernel's latest version, run state and output files (per
+version where a test says so), and which access tokens belong to whom.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SECRET = "0123456789abcdef0123456789abcdef"  # a fake API key: must never land in a bundle or a request body
+TOKEN = "KGAT_fedcba9876543210fedcba9876543210"  # a fake access token (kaggle 2.x login), the same rule
 
 
 @dataclass
@@ -28,15 +30,28 @@ class Kaggle:
     datasets: set | None = None
     competitions: tuple = ("landmark-recognition-2021",)
     versions: dict = field(default_factory=dict)  # "owner/slug" -> latest version
-    status: dict = field(default_factory=dict)  # "owner/slug" -> (KernelWorkerStatus name, failure message)
-    outputs: dict = field(default_factory=dict)  # "owner/slug" -> {file name: bytes}
+    # "owner/slug" (any version) or "owner/slug/vN" (version N) -> (KernelWorkerStatus name, failure message)
+    status: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # "owner/slug" or "owner/slug/vN" -> {file name: bytes}
     logs: dict = field(default_factory=dict)  # "owner/slug" -> log text
     submissions: int = 0
     created: set = field(default_factory=set)  # "owner/slug" of the datasets `datasets create` made here
+    tokens: dict = field(default_factory=lambda: {TOKEN: "alice"})  # access token -> user name
     port: int = 0  # set by start()
 
     def posts(self, method: str) -> list[dict]:
         return [r["body"] for r in self.requests if r["method"] == "POST" and r["path"].endswith("/" + method)]
+
+    def exists(self, ref: str) -> bool:
+        return ref in self.created | (self.datasets or set())
+
+    def of_version(self, table: dict, body: dict, default=None):
+        """The entry of ``table`` for the kernel (and version label) a request names."""
+        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+        label = body.get("versionLabel")
+        if label and f"{ref}/{label}" in table:
+            return table[f"{ref}/{label}"]
+        return table.get(ref, default)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,9 +75,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.world.requests.append({"method": "GET", "path": self.path, "headers": dict(self.headers), "body": b""})
-        # Output files are served at http://localhost/output/<owner>/<slug>/<name>.
+        # Output files are served at http://localhost/output/<owner>/<slug>[/vN]/<name>.
         _, _, rest = self.path.partition("/output/")
         owner, slug, name = (rest.split("/", 2) + ["", "", ""])[:3]
+        version, _, inner = name.partition("/")
+        if f"{owner}/{slug}/{version}" in self.world.outputs:
+            owner, slug, name = owner, f"{slug}/{version}", inner
         files = self.world.outputs.get(f"{owner}/{slug}", {})
         if name in files:
             self._reply(200, files[name], "application/octet-stream")
@@ -79,9 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
         known = self.world.datasets
         answer = {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}", "versionNumber": version,
                   "error": None}
-        # A source is "owner/slug" or "owner/slug/version"; Kaggle refuses one that does not exist.
+        # A source is "owner/slug" or "owner/slug/version"; Kaggle refuses one that does not exist (once the
+        # test lists what exists: then a dataset made here through `datasets create` exists too).
         bad = [d for d in body.get("datasetDataSources", [])
-               if known is not None and "/".join(d.split("/")[:2]) not in known]
+               if known is not None and not self.world.exists("/".join(d.split("/")[:2]))]
         if bad:
             answer["invalidDatasetSources"] = bad
         bad = [c for c in body.get("competitionDataSources", []) if c not in self.world.competitions]
@@ -90,16 +109,18 @@ class _Handler(BaseHTTPRequestHandler):
         return answer
 
     def _GetKernelSessionStatus(self, body):  # noqa: N802
-        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
-        if ref not in self.world.status:
+        found = self.world.of_version(self.world.status, body)
+        if found is None:
             return 403, {"code": 403, "message": "Permission 'kernels.get' was denied"}
-        state, failure = self.world.status[ref]
+        state, failure = found
         return {"status": state, "failureMessage": failure or None}
 
     def _ListKernelSessionOutput(self, body):  # noqa: N802
         ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
-        files = [{"url": f"http://localhost/output/{ref}/{name}", "fileName": name}
-                 for name in sorted(self.world.outputs.get(ref, {}))]
+        label = body.get("versionLabel")
+        where = f"{ref}/{label}" if label and f"{ref}/{label}" in self.world.outputs else ref
+        files = [{"url": f"http://localhost/output/{where}/{name}", "fileName": name}
+                 for name in sorted(self.world.outputs.get(where, {}))]
         return {"files": files, "log": self.world.logs.get(ref), "nextPageToken": ""}
 
     # -- competitions.CompetitionApiService --------------------------------------------------------------
@@ -123,14 +144,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _GetDatasetStatus(self, body):  # noqa: N802
         # `datasets create` asks first and refuses a slug in use: only the datasets made here, or listed, exist.
-        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-        if ref not in self.world.created | (self.world.datasets or set()):
+        if not self.world.exists(f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"):
             return 404, {"code": 404, "message": "Not found"}
         return {"status": "ready"}
 
     def _CreateDataset(self, body):  # noqa: N802
         self.world.created.add(f"{body.get('ownerSlug')}/{body.get('slug')}")
         return self._dataset(body)
+
+    def _CreateDatasetVersion(self, body):  # noqa: N802
+        # A new version of a dataset Kaggle does not have is refused.
+        if not self.world.exists(f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"):
+            return 404, {"code": 404, "message": "Dataset not found"}
+        return self._dataset(body)
+
+    # -- security.OAuthService: how kaggle 2.x finds the user of an access token ---------------------------
+    def _IntrospectToken(self, body):  # noqa: N802
+        user = self.world.tokens.get(body.get("token", ""))
+        return {"active": user is not None, "username": user or ""}
 
     def _dataset(self, body):
         return {"ref": "alice/dataset", "url": "http://localhost/datasets/alice/dataset", "status": "ok",

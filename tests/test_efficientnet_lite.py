@@ -29,8 +29,8 @@ from helpers import OXPARIS, REALDATA
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.model.network import build_model, load_model_dir, save_model_dir
 from landmark_kaggle.model import efficientnet_lite as lite
+from landmark_kaggle.model.network import build_model, load_model_dir, save_model_dir
 from landmark_kaggle.model.pth import MAGIC, PROTOCOL, read_legacy_state_dict
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -43,8 +43,8 @@ def _tree(root: Path, layout: str) -> dict:
         ("competition", "competition", paths.COMPETITION), ("wheel", "dataset", "landmark-kaggle-wheel"),
         ("model", "model", "landmark-kaggle-model"), ("index", "dataset", "landmark-kaggle-index"),
         ("distractors", "dataset", "landmark-kaggle-distractors"), ("shards", "dataset", "landmark-kaggle-tfrec"),
-        ("weights", "dataset", "efficientnetv2-weights"), ("train_output", "dataset", "landmark-kaggle-train"),
-        ("build_embed", "dataset", "landmark-kaggle-build-embed")]}
+        ("weights", "dataset", "efficientnetv2-weights"), ("train_output", "notebook", "landmark-kaggle-train"),
+        ("build_embed", "notebook", "landmark-kaggle-build-embed")]}
     comp = at["competition"]
     _touch(comp / "sample_submission.csv", "id,landmarks\n")
     _touch(comp / "train.csv", "id,landmark_id\n")
@@ -55,7 +55,9 @@ def _tree(root: Path, layout: str) -> dict:
     _model(at["model"])
     _touch(at["index"] / "index.json", json.dumps({"rows": 10, "landmarks": 4}))
     _touch(at["distractors"] / "index.json", json.dumps({"rows": 6, "landmarks": 0}))
-    parts = [at["shards"] / "part-000", at["shards"] / "part-001"]
+    # A build-write kernel's output holds its part two levels down: notebooks/alice/<slug>/tfrec/<part>/.
+    write_out = input_path(root, layout, "notebook", "landmark-kaggle-build-write-part-2")
+    parts = [at["shards"] / "part-000", at["shards"] / "part-001", write_out / "tfrec" / "part-002"]
     for part in parts:
         _touch(part / "label_map.csv")
         _touch(part / "train-00000-of-00001.tfrec")
@@ -77,13 +79,19 @@ def _tree(root: Path, layout: str) -> dict:
             "train_output": [out / "model"]}
 
 
+def test_the_deepest_layout_is_within_reach():
+    """A Kaggle Model of today sits six levels down; the walk reaches two levels of its own below that."""
+    assert len(input_path(Path(), "owner-models", "model", "m").parts) == 6
+    assert paths.MAX_DEPTH >= 8
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_kind_is_found_by_content_in_every_layout(tmp_path, layout):
     expected = _tree(tmp_path, layout)
     found = paths.find_inputs(tmp_path)
     assert dict(found) == {kind: sorted(expected.get(kind, [])) for kind in paths.KINDS}
     assert found.one("competition") == expected["competition"][0]
-    assert found.every("shards") == expected["shards"]
+    assert found.every("shards") == sorted(expected["shards"])
     # The kernels' prelude finds the wheel before the package is installed, by the same rules.
     spec = importlib.util.spec_from_file_location("prelude", REPO / "kernels" / "prelude.py")
     prelude = importlib.util.module_from_spec(spec)
@@ -104,7 +112,8 @@ def test_the_markers_are_the_ones_the_writers_use():
 def test_two_candidates_none_and_too_deep_are_clear(tmp_path):
     a = _model(tmp_path / "datasets" / "alice" / "model-a")
     b = _model(tmp_path / "model-b" / "keras" / "s" / "2")  # one-character variation and version
-    _model(tmp_path / "1" / "2" / "3" / "4" / "5" / "six")  # depth 6: beyond Kaggle's deepest layout
+    # Depth 9: one below the deepest an input can sit (a Kaggle Model's version folder and two of its own).
+    _model(tmp_path / "models" / "o" / "m" / "keras" / "v" / "1" / "x" / "y" / "nine")
     _touch(tmp_path / "other" / "index.json", json.dumps({"name": "not ours"}))
     found = paths.find_inputs(tmp_path)
     assert found["model"] == [a, b] and found["index"] == found["distractors"] == []
@@ -117,6 +126,9 @@ def test_two_candidates_none_and_too_deep_are_clear(tmp_path):
     with pytest.raises(UserError, match="found no TFRecord shards"):
         found.every("shards")
     assert paths.find_inputs(tmp_path / "nope") == {kind: [] for kind in paths.KINDS}
+    # Depth 8 is found: the deepest a Kaggle Model of today (six levels) plus two of its own goes.
+    c = _model(tmp_path / "models" / "o" / "m" / "keras" / "v" / "1" / "x" / "eight")
+    assert paths.find_inputs(tmp_path)["model"] == [a, b, c]
 
 
 def test_links_lead_to_one_candidate_and_loops_end(tmp_path):
@@ -141,6 +153,24 @@ def _args(**given) -> argparse.Namespace:
     for key, value in given.items():
         argv += [f"--{key}", str(value)]
     return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_submission_kernel_finds_the_model_in_every_layout(tmp_path, monkeypatch, layout):
+    """What the submission kernel runs (`predict --kaggle`) with a Kaggle Model attached in each layout, e.g.
+    /kaggle/input/models/alice/landmark-kaggle-model/keras/default/1/."""
+    inp = tmp_path / "input"
+    model = _model(input_path(inp, layout, "model", "landmark-kaggle-model"))
+    comp = input_path(inp, layout, "competition", paths.COMPETITION)
+    _touch(comp / "sample_submission.csv", "id,landmarks\n")
+    _touch(comp / "test" / "0" / "1" / "2" / "0123456789abcdef.jpg")
+    monkeypatch.setenv(paths.KAGGLE_INPUT_ENV, str(inp))
+    monkeypatch.setenv(paths.KAGGLE_WORKING_ENV, str(tmp_path / "working"))
+    args = _args()
+    predict.kaggle_inputs(args)
+    assert args.model == [model] and args.images == comp / "test"
+    if layout == "owner-models":
+        assert model.relative_to(inp).parts[:3] == ("models", "alice", "landmark-kaggle-model")
 
 
 def test_predict_kaggle_fills_only_what_the_command_line_left_out(tmp_path, monkeypatch):

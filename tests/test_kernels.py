@@ -38,9 +38,14 @@ def test_submission_metadata_is_the_offline_competition_kernel():
         sub = json.loads((REPO / kernels.KERNEL_TEMPLATES[name]).read_text())
         assert "enable_internet" in sub
         assert (REPO / kernels.KERNEL_TEMPLATES[name]).parent.joinpath(sub["code_file"]).is_file()
-    assert json.loads((REPO / kernels.KERNEL_TEMPLATES["train"]).read_text())["enable_tpu"] is True
+    train = json.loads((REPO / kernels.KERNEL_TEMPLATES["train"]).read_text())
+    assert train["enable_tpu"] is True and train["machine_shape"] == "TpuV5E8"
+    # The shards are named by each push (--shards, or the last push's with --continue), never a fixed dataset.
+    assert [s.split("/")[1] for s in train["dataset_sources"]] == [kernels.WHEEL_DATASET]
     embed = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-embed"]).read_text())
     assert embed["enable_gpu"] is True and embed["enable_internet"] is True
+    # Every accelerator kernel names its machine: enable_gpu alone has given the default pool (kaggle-cli #821).
+    assert meta["machine_shape"] == embed["machine_shape"] == "NvidiaTeslaT4"
     write = json.loads((REPO / kernels.KERNEL_TEMPLATES["build-write"]).read_text())
     assert write["enable_gpu"] is False and write["enable_internet"] is False
     # build-write's part 1 is what `push build-write --part k` rewrites; it reads build-embed's clean/.
@@ -114,7 +119,7 @@ def _marker_sources(root: Path) -> dict:
         (root / "embed" / "clean").mkdir(parents=True, exist_ok=True)
         (root / "embed" / "clean" / name).write_text("")
     return {COMPETITION: ("competition", comp), SHARDS_DATASET: ("dataset", root / "tfrec"),
-            EMBED_OUTPUT: ("dataset", root / "embed")}
+            EMBED_OUTPUT: ("notebook", root / "embed")}
 
 
 @pytest.mark.slow
@@ -134,6 +139,13 @@ def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, whe
     assert (f"python -m tfrec_builder.cli write {placed[COMPETITION]} --outliers "
             f"{placed[EMBED_OUTPUT] / 'clean' / 'outliers.csv'} --out tfrec --part 1 "
             "--dataset-id alice/gldv2-tfrec-512") in proc.stdout
+    # The other two install the wheel from wherever the layout put it and hand the finding to the package.
+    wheel_at = placed[kernels.WHEEL_DATASET]
+    for name, command in (("build-embed", "python -m tfrec_builder.cli embed --kaggle"),
+                          ("submission", "python -m landmark_kaggle.cli predict --kaggle")):
+        proc = _plan(name, inp, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"installed {wheel.name} from {wheel_at}" in proc.stdout and command in proc.stdout
 
 
 @pytest.mark.slow

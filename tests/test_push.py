@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from kaggle_server import SECRET
+from kaggle_server import SECRET, TOKEN
 
 from landmark_kaggle.kaggle import command as kernelcli
 from landmark_kaggle.kaggle import kernels
@@ -49,7 +49,7 @@ def test_push_submission_kernel_sends_code_metadata_and_sources(tmp_path, kaggle
     assert body["text"] == kernels.render_code(REPO / "kernels" / "submission.py")
     assert not kernels.PRELUDE_IMPORT.search(body["text"]) and "def install_package()" in body["text"]
     assert body["language"] == "python" and body["kernelType"] == "script"
-    assert body["enableGpu"] is True
+    assert body["enableGpu"] is True and body["machineShape"] == "NvidiaTeslaT4"
     # Internet must be off in the competition kernel; an absent key would mean "on" to the server.
     assert body.get("enableInternet", None) is False
     assert body["competitionDataSources"] == ["landmark-recognition-2021"]
@@ -61,33 +61,101 @@ def test_push_submission_kernel_sends_code_metadata_and_sources(tmp_path, kaggle
         assert SECRET.encode() not in data, where
 
 
+PARTS = [f"alice/landmark-kaggle-build-write-part-{k}" for k in (1, 2)]
+
+
 def test_push_train_kernel_with_accelerator_override(tmp_path, kaggle_env, kaggle_server):
     _, seen = kaggle_server
-    proc = _cli(["kernels", "push", "train", "--accelerator", "NvidiaTeslaT4", "--out", str(tmp_path / "k")],
-                kaggle_env, tmp_path)
+    proc = _cli(["kernels", "push", "train", "--shards", "2", "--accelerator", "NvidiaTeslaT4",
+                 "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     body = seen[0]["body"]
     assert body["slug"] == "alice/landmark-kaggle-train"
-    assert body["machineShape"] == "NvidiaTeslaT4"
+    # The machine and the flags that go with it: a GPU kernel now, no longer a TPU one.
+    assert (body["machineShape"], body["enableGpu"], body["enableTpu"]) == ("NvidiaTeslaT4", True, False)
     assert body["text"] == kernels.render_code(REPO / "kernels" / "train" / "train.py")
-    assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel", "alice/landmark-kaggle-tfrec"]
+    assert body["datasetDataSources"] == ["alice/landmark-kaggle-wheel"] and body["kernelDataSources"] == PARTS
     rendered = json.loads((tmp_path / "k" / "train" / "kernel-metadata.json").read_text())
     assert rendered["code_file"] == "train.py" and rendered["machine_shape"] == "NvidiaTeslaT4"
+    assert (rendered["enable_gpu"], rendered["enable_tpu"]) == (True, False)
     # Training kernels may use the internet (ImageNet weights); only the submission kernel is offline.
-    assert body["enableInternet"] is True and body.get("kernelDataSources", []) == []
-
-
-def test_push_train_continue_attaches_the_kernels_own_last_output(tmp_path, kaggle_env, kaggle_server):
-    _, seen = kaggle_server
-    proc = _cli(["kernels", "push", "train", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert body["enableInternet"] is True
+    # And back: TpuV5E8 on the submission kernel's GPU metadata.
+    proc = _cli(["kernels", "push", "build-embed", "--accelerator", "TpuV5E8", "--out", str(tmp_path / "k")],
+                kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    body = seen[0]["body"]
-    assert body["slug"] == "alice/landmark-kaggle-train"
-    assert body["kernelDataSources"] == ["alice/landmark-kaggle-train"]
-    assert body["enableTpu"] is True and body["machineShape"] == "TpuV5E8"
-    proc = _cli(["kernels", "push", "submission", "--continue", "--out", str(tmp_path / "k")], kaggle_env, tmp_path)
+    assert (seen[1]["body"]["machineShape"], seen[1]["body"]["enableGpu"], seen[1]["body"]["enableTpu"]) == (
+        "TpuV5E8", False, True)
+    assert "on TpuV5E8" in proc.stdout
+
+
+def test_push_train_continue_keeps_the_shards_machine_and_args_of_the_last_push(tmp_path, kaggle_env,
+                                                                                 kaggle_server):
+    _, seen = kaggle_server
+    out = ["--out", str(tmp_path / "k")]
+    # No shards and nothing to continue from: refused before anything is sent.
+    for args in (["train"], ["train", "--continue"]):
+        proc = _cli(["kernels", "push", *args, *out], kaggle_env, tmp_path)
+        assert proc.returncode == 2 and "would run with no shards attached" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert seen == []
+    proc = _cli(["kernels", "push", "train", "--shards", "2", "--accelerator", "NvidiaTeslaT4",
+                 "--args", "--set train.epochs=20", *out], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    record = json.loads((tmp_path / "k" / "train" / kernelcli.PUSH_RECORD).read_text())
+    assert record["shards"] == {"kernels": PARTS, "datasets": []} and record["accelerator"] == "NvidiaTeslaT4"
+    assert record["kernel_args"] == "--set train.epochs=20" and record["version"] == 7
+    proc = _cli(["kernels", "push", "train", "--continue", *out], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    first, again = seen[0]["body"], seen[1]["body"]
+    assert again["slug"] == "alice/landmark-kaggle-train"
+    # The same parts, plus the kernel's own last output; the same GPU and options.
+    assert again["kernelDataSources"] == ["alice/landmark-kaggle-train", *PARTS]
+    assert first["kernelDataSources"] == PARTS
+    assert (again["machineShape"], again["enableGpu"], again["enableTpu"]) == ("NvidiaTeslaT4", True, False)
+    assert again["text"] == first["text"] and "'--set train.epochs=20'" in again["text"]
+    # What is given again wins over the record.
+    proc = _cli(["kernels", "push", "train", "--continue", "--accelerator", "TpuV5E8", "--shards", "3", *out],
+                kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    third = seen[2]["body"]
+    assert third["machineShape"] == "TpuV5E8" and third["enableTpu"] is True
+    assert third["kernelDataSources"] == ["alice/landmark-kaggle-train", *PARTS,
+                                          "alice/landmark-kaggle-build-write-part-3"]
+    proc = _cli(["kernels", "push", "submission", "--continue", *out], kaggle_env, tmp_path)
     assert proc.returncode == 2 and "--continue is for the train and build-embed kernels" in proc.stderr
-    assert len(seen) == 1
+    assert len(seen) == 3
+
+
+def test_accelerators_retired_unknown_and_pinned_images_are_refused(tmp_path, kaggle_env, kaggle_server):
+    _, seen = kaggle_server
+    for shape, said in (("NvidiaTeslaP100", "NvidiaTeslaP100 is retired (kaggle 2.2.5: Kaggle runs the session on "
+                                            "NvidiaTeslaT4 instead); ask for NvidiaTeslaT4"),
+                        ("TpuV38", "ask for TpuV5E8"), ("gpu", "'gpu' is not one of NvidiaTeslaT4, TpuV5E8")):
+        proc = _cli(["kernels", "push", "build-embed", "--accelerator", shape, "--out", str(tmp_path / "k")],
+                    kaggle_env, tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert seen == []
+    repo = tmp_path / "repo"
+    (repo / "kernels").mkdir(parents=True)
+    shutil.copy2(REPO / "kernels" / "submission.py", repo / "kernels" / "submission.py")
+    shutil.copy2(REPO / kernels.PRELUDE, repo / kernels.PRELUDE)
+    good = json.loads((REPO / "kernel-metadata.json").read_text())
+    cases = {  # what `kaggle kernels pull -m` writes, and hand edits that lose the machine
+        "pins the kernel's image": {"docker_image": "gcr.io/kaggle-gpu-images/python:v160"},
+        "docker_image_pinning_type original pins": {"docker_image_pinning_type": "original"},
+        "enable_gpu without machine_shape": {"machine_shape": None},
+        "machine_shape TpuV5E8 is a TPU, but enable_gpu is True": {"machine_shape": "TpuV5E8"},
+    }
+    for expected, change in cases.items():
+        meta = {k: v for k, v in {**good, **change}.items() if v is not None}
+        (repo / "kernel-metadata.json").write_text(json.dumps(meta))
+        with pytest.raises(kernels.KernelError, match=expected):
+            kernels.render_kernel("submission", "alice", tmp_path / "out", repo=repo)
+    # Asked for: a pinned image goes through.
+    (repo / "kernel-metadata.json").write_text(json.dumps({**good, "docker_image_pinning_type": "original"}))
+    folder = kernels.render_kernel("submission", "alice", tmp_path / "out", repo=repo, keep_image=True)
+    assert json.loads((folder / "kernel-metadata.json").read_text())["docker_image_pinning_type"] == "original"
 
 
 def test_an_error_from_kaggle_is_one_clear_line(tmp_path, kaggle_env, kaggle_server):
@@ -96,6 +164,83 @@ def test_an_error_from_kaggle_is_one_clear_line(tmp_path, kaggle_env, kaggle_ser
                 kaggle_env, tmp_path)
     assert len(seen) == 1 and proc.returncode == 2
     assert "Notebook not found or you do not own it" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _token_env(kaggle_env, tmp_path):
+    """kaggle 2.x's login: no KAGGLE_USERNAME, no key, no kaggle.json; only an access token."""
+    env = {k: v for k, v in kaggle_env.items() if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+    (tmp_path / "home" / ".kaggle").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def test_user_name_from_an_access_token(tmp_path, kaggle_env, kaggle_server):
+    world, seen = kaggle_server
+    env = _token_env(kaggle_env, tmp_path)
+    token_file = tmp_path / "home" / ".kaggle" / "access_token"
+    token_file.write_text(TOKEN + "\n")
+    proc = _cli(["kernels", "push", "submission", "--out", str(tmp_path / "k")], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    # The client asked Kaggle whose token it is; the push went out under that name.
+    assert world.posts("IntrospectToken")[0] == {"token": TOKEN}
+    assert world.posts("SaveKernel")[0]["slug"] == "alice/landmark-kaggle-submission"
+    # KAGGLE_API_TOKEN, as the token or as a file holding it, for another user.
+    world.tokens["KGAT_bob_0123456789abcdef01234567"] = "bob"
+    token_file.unlink()
+    for value in ("KGAT_bob_0123456789abcdef01234567", str(tmp_path / "bob-token")):
+        (tmp_path / "bob-token").write_text("KGAT_bob_0123456789abcdef01234567")
+        proc = _cli(["kernels", "push", "build-embed", "--out", str(tmp_path / "k")],
+                    {**env, "KAGGLE_API_TOKEN": value}, tmp_path)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert world.posts("SaveKernel")[-1]["slug"] == "bob/landmark-kaggle-build-embed"
+    # A token Kaggle does not know: one clear line, nothing pushed.
+    pushes = len(world.posts("SaveKernel"))
+    proc = _cli(["kernels", "push", "submission", "--out", str(tmp_path / "k")],
+                {**env, "KAGGLE_API_TOKEN": "KGAT_expired_00000000000000000000"}, tmp_path)
+    assert proc.returncode == 2 and "found no user for your access token" in proc.stderr
+    assert "pass --user NAME" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(world.posts("SaveKernel")) == pushes
+    for r in seen:
+        assert TOKEN not in json.dumps(r["body"] if r["method"] == "POST" and "Introspect" not in r["path"]
+                                       else ""), r["path"]
+
+
+def test_every_credential_is_scanned_for(tmp_path, kaggle_env, kaggle_server, monkeypatch):
+    _, seen = kaggle_server
+    env = _token_env(kaggle_env, tmp_path)
+    (tmp_path / "home" / ".kaggle" / "access_token").write_text(TOKEN)
+    # A token in what a push would send (here through --args) stops the push before it is sent.
+    proc = _cli(["kernels", "push", "build-embed", "--args", f"--note {TOKEN}", "--out", str(tmp_path / "k")],
+                env, tmp_path)
+    assert proc.returncode == 2 and "build_embed.py contains your Kaggle API key or access token" in proc.stderr
+    assert not [r for r in seen if r["path"].endswith("/SaveKernel")]
+    # In a bundle folder: each way kaggle 2.x keeps a credential is looked for.
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    for _where, secret, setup in (
+            ("access_token", "KGAT_file_0123456789abcdef0123456",
+             lambda s: (tmp_path / "home2" / ".kaggle" / "access_token").write_text(s)),
+            ("KAGGLE_API_TOKEN", "KGAT_env_0123456789abcdef01234567",
+             lambda s: monkeypatch.setenv("KAGGLE_API_TOKEN", s)),
+            ("kaggle.json", "abcdef0123456789abcdef0123456789",
+             lambda s: (tmp_path / "kcfg2" / "kaggle.json").write_text(json.dumps({"username": "a", "key": s}))),
+            ("credentials.json", "refresh_0123456789abcdef01234567",  # what `kaggle auth login` keeps
+             lambda s: (tmp_path / "home2" / ".kaggle" / "credentials.json").write_text(
+                 json.dumps({"refresh_token": s, "access_token": "", "username": "carol"})))):
+        monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+        monkeypatch.delenv("KAGGLE_KEY", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home2"))
+        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kcfg2"))
+        for d in (tmp_path / "home2" / ".kaggle", tmp_path / "kcfg2"):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+        (folder / "notes.txt").write_text(f"left here by mistake: {secret}\n")
+        kernels.scan_for_credentials(folder)  # not a credential of this login yet: passes
+        setup(secret)
+        with pytest.raises(kernels.KernelError, match="notes.txt contains your Kaggle API key or access token"):
+            kernels.scan_for_credentials(folder)
+    # The OAuth login names its user on disk: no client to ask.
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    assert kernels.kaggle_username(ask_client=lambda: pytest.fail("asked the client")) == "carol"
 
 
 def test_user_name_from_kaggle_config_file(tmp_path, kaggle_env, kaggle_server):
@@ -196,18 +341,23 @@ def test_datasets_uploads_each_bundle_with_the_real_client(tmp_path, kaggle_env,
     bundles = tmp_path / "b"
     proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(bundles)], kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc = _cli(["kernels", "datasets", "--out", str(bundles), "--message", "v2 weights"], kaggle_env, tmp_path)
+    proc = _cli(["kernels", "datasets", "--out", str(bundles)], kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "uploaded 2 datasets" in proc.stdout
+    assert "uploaded 2 datasets (2 created, 0 versioned)" in proc.stdout
     uploaded = {r["path"].rsplit("/", 1)[-1]: r["body"] for r in seen if r["method"] == "PUT"}
     starts = [r["body"] for r in seen if r["path"].endswith("/StartBlobUpload")]
-    versions = [r for r in seen if r["path"].endswith("/CreateDatasetVersion")]
-    assert len(versions) == 2
+    assert len([r for r in seen if r["path"].endswith("/CreateDataset")]) == 2
     names = sorted(s["name"] for s in starts)
     wheel = next((bundles / "landmark-kaggle-wheel").glob("*.whl"))
     assert names == sorted([wheel.name, "config.json", "label_map.csv", "model.weights.h5"])
     assert sorted(len(b) for b in uploaded.values()) == sorted(
         p.stat().st_size for p in [wheel, *(bundles / "landmark-kaggle-model").glob("[cml]*.*")])
+    # The next upload makes new versions of the two, with the notes.
+    proc = _cli(["kernels", "datasets", "--out", str(bundles), "--message", "v2 weights"], kaggle_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "uploaded 2 datasets (0 created, 2 versioned)" in proc.stdout
+    versions = [r for r in seen if r["path"].endswith("/CreateDatasetVersion")]
+    assert len(versions) == 2
     bodies = [v["body"] for v in versions]
     assert sorted((b["ownerSlug"], b["datasetSlug"]) for b in bodies) == [
         ("alice", "landmark-kaggle-model"), ("alice", "landmark-kaggle-wheel")]
@@ -303,9 +453,9 @@ def test_datasets_uploads_each_part_of_a_local_build(tmp_path, kaggle_env, kaggl
     tfrec = _parted_build(tmp_path / "local")
     parts = sorted(p.parent for p in tfrec.glob("*/dataset-metadata.json"))
     assert len(parts) >= 3
-    proc = _cli(["kernels", "datasets", "--parts", str(tfrec), "--new"], kaggle_env, tmp_path)
+    proc = _cli(["kernels", "datasets", "--parts", str(tfrec)], kaggle_env, tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert f"uploaded {len(parts)} datasets" in proc.stdout
+    assert f"uploaded {len(parts)} datasets ({len(parts)} created, 0 versioned)" in proc.stdout
     creates = world.posts("CreateDataset")
     assert sorted((c["ownerSlug"], c["slug"]) for c in creates) == sorted(("alice", p.name) for p in parts)
     assert all(c["title"].startswith("GLDv2 TFRecords 56px part ") for c in creates)
@@ -314,9 +464,81 @@ def test_datasets_uploads_each_part_of_a_local_build(tmp_path, kaggle_env, kaggl
     # bookkeeping is a sub-folder: the client skips it).
     assert uploaded == sorted(f.name for p in parts for f in p.iterdir()
                               if f.is_file() and f.name != "dataset-metadata.json")
-    # Created once: a second `--new` is refused by Kaggle, and says so in one line.
+    # Created once: the next upload of a part is a new version of it (the old `--new` changes nothing).
     proc = _cli(["kernels", "datasets", "--parts", str(parts[0]), "--new"], kaggle_env, tmp_path)
-    assert proc.returncode == 2 and "already in use" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 0 and "(0 created, 1 versioned)" in proc.stdout, proc.stderr + proc.stdout
+
+
+def _bundle_folder(root: Path, slug: str, user: str = "alice") -> Path:
+    """A bundle folder as `kernels bundle` leaves it, as far as uploading goes: a file and its metadata."""
+    folder = root / slug
+    folder.mkdir(parents=True)
+    (folder / "payload.bin").write_bytes(slug.encode())
+    (folder / "dataset-metadata.json").write_text(json.dumps(kernels.dataset_metadata(slug, user)))
+    return folder
+
+
+def _part_folder(root: Path, k: int) -> Path:
+    """A part of a local build (label map, a shard, its metadata), as `tfrec-builder write` leaves it."""
+    folder = root / f"gldv2-tfrec-512-part-{k}"
+    folder.mkdir(parents=True)
+    (folder / "label_map.csv").write_text("label,landmark_id,count\n")
+    (folder / "train-00000-of-00001.tfrec").write_bytes(b"")
+    (folder / "dataset-metadata.json").write_text(json.dumps({"title": f"GLDv2 TFRecords 512px part {k}",
+                                                              "id": f"alice/gldv2-tfrec-512-part-{k}",
+                                                              "licenses": [{"name": "CC0-1.0"}]}))
+    return folder
+
+
+@pytest.mark.slow
+def test_datasets_creates_what_is_missing_and_versions_what_exists(tmp_path, kaggle_env, kaggle_server):
+    world, seen = kaggle_server
+    bundles = tmp_path / "bundles"
+    slugs = list(kernels.DATASET_TITLES)
+    for slug in slugs:
+        _bundle_folder(bundles, slug)
+
+    def run(*args):
+        before = len(seen)
+        proc = _cli(["kernels", "datasets", *map(str, args)], kaggle_env, tmp_path)
+        sent = seen[before:]
+        made = sorted(r["body"]["slug"] for r in sent if r["path"].endswith("/CreateDataset"))
+        versioned = sorted(r["body"]["datasetSlug"] for r in sent if r["path"].endswith("/CreateDatasetVersion"))
+        return proc, made, versioned
+
+    proc, made, versioned = run("--out", bundles)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert made == sorted(slugs) and versioned == []
+    assert "uploaded 4 datasets (4 created, 0 versioned)" in proc.stdout
+    assert all(f"alice/{s}: created" in proc.stdout for s in slugs)
+    # Kaggle was asked about each one before it was created (`datasets create` asks once more itself).
+    paths = [r["path"].rsplit("/", 1)[1] + ":" + (r["body"].get("datasetSlug") or r["body"].get("slug", ""))
+             for r in seen if r["method"] == "POST"]
+    for slug in slugs:
+        assert paths.index(f"GetDatasetStatus:{slug}") < paths.index(f"CreateDataset:{slug}")
+    proc, made, versioned = run("--out", bundles, "--message", "model v2")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert made == [] and versioned == sorted(slugs)
+    assert all(b["body"]["versionNotes"] == "model v2" for b in world.posts("CreateDatasetVersion"))
+    assert "uploaded 4 datasets (0 created, 4 versioned)" in proc.stdout
+    # Parts of a local build: a part added later is created, the others versioned.
+    tfrec = tmp_path / "tfrec"
+    for k in (1, 2):
+        _part_folder(tfrec, k)
+    proc, made, versioned = run("--parts", tfrec)
+    assert proc.returncode == 0 and made == ["gldv2-tfrec-512-part-1", "gldv2-tfrec-512-part-2"] and not versioned
+    _part_folder(tfrec, 3)
+    proc, made, versioned = run("--parts", tfrec)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert made == ["gldv2-tfrec-512-part-3"]
+    assert versioned == ["gldv2-tfrec-512-part-1", "gldv2-tfrec-512-part-2"]
+    # One that fails (the key left in a file) is named; the others still go up; the exit status says so.
+    (bundles / kernels.MODEL_DATASET / "notes.txt").write_text(SECRET)
+    proc, made, versioned = run("--out", bundles)
+    assert proc.returncode == 1, proc.stdout
+    assert "alice/landmark-kaggle-model: failed:" in proc.stdout and "contains your Kaggle API key" in proc.stdout
+    assert versioned == sorted(s for s in slugs if s != kernels.MODEL_DATASET) and made == []
+    assert "uploaded 3 datasets (0 created, 3 versioned); FAILED: alice/landmark-kaggle-model" in proc.stdout
 
 
 def test_args_travel_in_the_pushed_script(tmp_path, kaggle_env, kaggle_server):

@@ -5,15 +5,20 @@ On Kaggle the inputs are read-only under ``/kaggle/input`` and outputs go to
 kernels run unchanged on a laptop and in tests.
 
 Where Kaggle mounts an attached source depends on its kind and on the
-notebook's age: ``/kaggle/input/<slug>/`` (classic),
-``/kaggle/input/competitions/<slug>/`` and ``/kaggle/input/datasets/<owner>/<slug>/``
-(reported for newer notebooks), Kaggle Models'
-``/kaggle/input/<model>/<framework>/<variation>/<version>/``. So nothing here
-builds a path from a slug: ``find_inputs`` walks the input root to depth five
-and classifies every folder by its content (``KINDS``). GLDv2's image trees
-(``train/a/b/c/``: one-character folders under a split folder, millions of
-files) are never entered; ``kernels/prelude.py`` finds the wheel by the same rules before the
-package is installed.
+notebook's age: ``/kaggle/input/<slug>/`` (classic, also a notebook's output),
+``/kaggle/input/competitions/<slug>/``, ``/kaggle/input/datasets/<owner>/<slug>/``,
+``/kaggle/input/notebooks/<owner>/<slug>/`` and Kaggle Models'
+``/kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/``
+(newer notebooks), older Kaggle Models'
+``/kaggle/input/<model>/<framework>/<variation>/<version>/``. A source's own
+folders come below that (a build-write part: ``tfrec/<part>/``, a training
+checkpoint: ``model/checkpoint/``), so the deepest input sits eight levels
+down. Nothing here builds a path from a slug: ``find_inputs`` walks the input
+root to depth ``MAX_DEPTH`` and classifies every folder by its content
+(``KINDS``). GLDv2's image trees (``train/a/b/c/``: one-character folders
+under a split folder, millions of files) are never entered, which keeps the
+walk fast at any depth (``benchmarks/find_inputs.py``); ``kernels/prelude.py``
+finds the wheel by the same rules before the package is installed.
 
 This module imports nothing outside the standard library and ``errors``: the
 kernels' prelude imports it straight from the freshly installed wheel.
@@ -30,7 +35,8 @@ from landmark_kaggle.errors import UserError
 KAGGLE_INPUT_ENV = "LANDMARK_KAGGLE_INPUT"
 KAGGLE_WORKING_ENV = "LANDMARK_KAGGLE_WORKING"
 COMPETITION = "landmark-recognition-2021"
-MAX_DEPTH = 5
+# models/<owner>/<model>/<framework>/<variation>/<version>/ is six; a source's own sub-folders add two.
+MAX_DEPTH = 8
 
 # The file names each kind is recognised by (model.WEIGHTS_FILE, retrieval.INDEX_META, train.CHECKPOINT_DIR /
 # STATE_FILE: a test keeps them equal; importing those modules here would pull in TensorFlow).

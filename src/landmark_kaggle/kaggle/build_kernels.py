@@ -6,7 +6,9 @@
 * ``push train --shards N``: the train kernel attaches the outputs of the N
   build-write kernels (``kernel_sources``); ``--shards FOLDER``: the parts in a
   local build folder, uploaded as datasets, by the ids in their
-  ``dataset-metadata.json``. Either replaces the template's single shard dataset.
+  ``dataset-metadata.json``. The train template attaches no shards of its own:
+  a push names them, or ``--continue`` takes those of the last push
+  (``ShardSources``, kept in its ``pushed.json``).
 * ``push NAME --args '…'``: options appended to the kernel's command (e.g. the
   embed kernel's ``--image-size``), written into the pushed script.
 * ``datasets --parts FOLDER``: the part folders of a local ``tfrec-builder write``,
@@ -23,6 +25,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import NamedTuple
 
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.paths import find_inputs
@@ -32,7 +35,7 @@ WRITE_SLUG = "landmark-kaggle-build-write-part-{k}"
 WRITE_TITLE = "Landmark Kaggle Build Write Part {k}"
 # The launcher's line that names its part (kernels/build-write/build_write.py).
 PART_LINE = re.compile(r'^PART = "\d+"', re.MULTILINE)
-# The train template's one shard dataset, replaced by --shards.
+# The one shard dataset older train templates attached; --shards replaces it.
 TFREC_DATASET = "landmark-kaggle-tfrec"
 # kernels/prelude.py's run() appends this variable's options to the command; --args sets it in the script,
 # after the pasted prelude (whose last line rendering marks).
@@ -68,22 +71,30 @@ def part_folders(folder: str | Path) -> list[Path]:
     return found
 
 
-def shard_sources(shards: str, user: str) -> tuple[list[str], list[str]]:
-    """(kernel sources, dataset sources) that hold the shards: N build-write kernels, or a local build's parts."""
+class ShardSources(NamedTuple):
+    """Where the train kernel's shards come from: build-write kernels' outputs and part datasets."""
+
+    kernels: list[str]
+    datasets: list[str]
+
+
+def shard_sources(shards: str, user: str) -> ShardSources:
+    """The sources that hold the shards: N build-write kernels, or a local build's parts."""
     if shards.isdigit():
         n = int(shards)
         if n < 1:
             raise UserError(f"--shards {shards}: the number of build-write parts, 1 or more")
-        return [f"{user}/{WRITE_SLUG.format(k=k)}" for k in range(1, n + 1)], []
+        return ShardSources([f"{user}/{WRITE_SLUG.format(k=k)}" for k in range(1, n + 1)], [])
     if not Path(shards).is_dir():
         raise UserError(f"--shards {shards}: neither a number of build-write parts nor a folder")
     ids = [json.loads((f / "dataset-metadata.json").read_text(encoding="utf-8"))["id"] for f in part_folders(shards)]
-    return [], ids
+    return ShardSources([], ids)
 
 
-def set_shards(folder: Path, shards: str, user: str) -> None:
+def set_shards(folder: Path, shards: str | ShardSources, user: str) -> None:
+    """Attach the shards (``--shards N|FOLDER``, or the sources a previous push recorded) to the train kernel."""
     meta, _ = _read(folder)
-    kernel_ids, dataset_ids = shard_sources(shards, user)
+    kernel_ids, dataset_ids = shards if isinstance(shards, ShardSources) else shard_sources(shards, user)
     datasets = [s for s in meta.get("dataset_sources", []) if s.split("/")[1] != TFREC_DATASET]
     meta["dataset_sources"] = [*datasets, *(d for d in dataset_ids if d not in datasets)]
     meta["kernel_sources"] = [*meta.get("kernel_sources", []),
@@ -105,7 +116,8 @@ def set_args(folder: Path, options: str) -> None:
     code.write_text(text[:end] + line + text[end:], encoding="utf-8")
 
 
-def adjust_rendered(folder: Path, name: str, user: str, *, part: int | None = None, shards: str | None = None,
+def adjust_rendered(folder: Path, name: str, user: str, *, part: int | None = None,
+                    shards: str | ShardSources | None = None,
                     kernel_args: str | None = None) -> None:
     """Apply ``--part``, ``--shards`` and ``--args`` to kernel NAME rendered in ``folder`` (the caller checks it)."""
     if kernel_args:

@@ -7,12 +7,15 @@ kernel can ``pip install --no-index`` the package and find the model.
 
 ``render_kernel`` fills a kernel's metadata template (submission | train |
 build-embed | build-write) with your Kaggle user name (``--user``, else ``KAGGLE_USERNAME``, else
-the ``username`` in the kaggle config file; the key is never read into
-anything we write), pastes ``kernels/prelude.py`` into its launcher and checks
+the ``username`` in ``kaggle.json``, else the name the kaggle client finds for
+an access token; no credential is ever read into anything we write), pastes
+``kernels/prelude.py`` into its launcher, sets the accelerator
+(``machine_shape`` with the matching ``enable_gpu``/``enable_tpu``) and checks
 the metadata against the rules the kaggle client enforces in ``kernels_push``
-plus our own (internet stated explicitly, no placeholder left); the build
-kernels' variants (``--part``, ``--shards``, ``--args``) are edits of the
-rendered folder in ``build_kernels``. ``command`` runs the real kaggle client over them.
+plus our own (internet stated explicitly, no placeholder left, an accelerator
+kernel names its machine, no pinned Docker image); the build kernels' variants
+(``--part``, ``--shards``, ``--args``) are edits of the rendered folder in
+``build_kernels``. ``command`` runs the real kaggle client over them.
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
 PINNING_TYPES = ("original", "latest")
 BOOL_KEYS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
+# The accelerators a kernel of ours may ask for (kaggle-cli docs/kernels.md, "Accelerators available"; PR #916):
+# "GPU T4 x2" and "TPU v5e-8". `enable_gpu` alone has landed on another pool (kaggle-cli issue #821), so every
+# accelerator kernel names its machine_shape.
+ACCELERATORS = {"NvidiaTeslaT4": "gpu", "TpuV5E8": "tpu"}
+# kaggle 2.2.5's _RETIRED_ACCELERATORS: the server runs these on a substitute, so asking for one is a mistake.
+RETIRED_ACCELERATORS = {"nvidiateslap100": "NvidiaTeslaT4", "tpuv38": "TpuV5E8", "tpu1vmv38": "TpuV5E8"}
 
 
 class KernelError(UserError):
@@ -89,23 +98,62 @@ def _config_values() -> dict:
         raise KernelError(f"{path}: not valid JSON (line {exc.lineno})") from None
 
 
-def kaggle_username(explicit: str | None = None) -> str:
-    user = explicit or os.environ.get("KAGGLE_USERNAME") or _config_values().get("username")
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def oauth_values() -> dict:
+    """What ``kaggle auth login`` keeps (kagglesdk ``KaggleCredentials``: ~/.kaggle/credentials.json)."""
+    try:
+        values = json.loads((Path.home() / ".kaggle" / "credentials.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def access_tokens() -> list[str]:
+    """The access tokens kaggle 2.x logs in with, where kagglesdk looks (``get_access_token_from_env``):
+    ``KAGGLE_API_TOKEN`` (the token, or a file holding it), ``~/.kaggle/access_token`` (or ``.txt``)."""
+    tokens = []
+    env = os.environ.get("KAGGLE_API_TOKEN", "").strip()
+    if env:
+        tokens.append(_read_token(Path(env)) if Path(env).is_file() else env)
+    for name in ("access_token", "access_token.txt"):
+        tokens.append(_read_token(Path.home() / ".kaggle" / name))
+    return [t for t in tokens if t]
+
+
+def kaggle_username(explicit: str | None = None, ask_client=None) -> str:
+    """The Kaggle user: ``--user``, ``KAGGLE_USERNAME``, kaggle.json's ``username``, the name ``kaggle auth
+    login`` saved, else (a token login, which keeps no name on disk) what ``ask_client()`` answers, the name
+    the kaggle client got for the token."""
+    user = (explicit or os.environ.get("KAGGLE_USERNAME") or _config_values().get("username")
+            or oauth_values().get("username"))
+    if not user and ask_client is not None and access_tokens():
+        user = ask_client()
     if not user:
-        raise KernelError(f"no Kaggle user name: pass --user, set KAGGLE_USERNAME, or add it to {kaggle_config_file()}")
+        how = ("the kaggle client found no user for your access token (expired? check `kaggle config view`)"
+               if access_tokens() else f"no KAGGLE_USERNAME, no {kaggle_config_file()} and no access token")
+        raise KernelError(f"no Kaggle user name: {how}; pass --user NAME")
     if "/" in user or not user.strip():
         raise KernelError(f"Kaggle user name {user!r} is not valid")
     return user
 
 
 def credential_values() -> list[str]:
-    """The secrets a bundle must never contain: the API key from the environment and the config file."""
-    values = [os.environ.get("KAGGLE_KEY", ""), os.environ.get("KAGGLE_API_TOKEN", ""), _config_values().get("key", "")]
+    """The secrets nothing we upload may contain: the legacy key (environment, kaggle.json), every access token
+    and what ``kaggle auth login`` keeps."""
+    oauth = oauth_values()
+    values = [os.environ.get("KAGGLE_KEY", ""), _config_values().get("key", ""), *access_tokens(),
+              str(oauth.get("refresh_token") or ""), str(oauth.get("access_token") or "")]
     return [v for v in values if v and len(v) >= 8]
 
 
 def scan_for_credentials(folder: Path) -> None:
-    """Refuse a bundle in which any file (or wheel member) contains a credential."""
+    """Refuse a bundle or rendered kernel in which any file (or wheel member) contains a credential."""
     secrets = [s.encode() for s in credential_values()]
     if not secrets:
         return
@@ -116,7 +164,7 @@ def scan_for_credentials(folder: Path) -> None:
                 blobs += [(f"{path}!{n}", zf.read(n)) for n in zf.namelist()]
         for where, data in blobs:
             if any(s in data for s in secrets):
-                raise KernelError(f"{where} contains your Kaggle API key; remove it before uploading")
+                raise KernelError(f"{where} contains your Kaggle API key or access token; remove it before uploading")
 
 
 def dataset_metadata(slug: str, user: str) -> dict:
@@ -196,7 +244,27 @@ def _render(value, user: str):
     return value
 
 
-def validate_kernel_metadata(meta: dict, folder: Path, *, where: str = "kernel-metadata.json") -> None:
+def check_accelerator(shape: str, where: str = "--accelerator") -> str:
+    """``shape`` if it is one of ours; a retired or unknown one is an error that names the one to use."""
+    if shape in ACCELERATORS:
+        return shape
+    instead = RETIRED_ACCELERATORS.get(shape.lower())
+    if instead:
+        raise KernelError(f"{where}: {shape} is retired (kaggle 2.2.5: Kaggle runs the session on {instead} "
+                          f"instead); ask for {instead}")
+    raise KernelError(f"{where}: accelerator {shape!r} is not one of {', '.join(ACCELERATORS)} "
+                      "(GPU T4 x2, TPU v5e-8)")
+
+
+def set_accelerator(meta: dict, shape: str) -> dict:
+    """``machine_shape`` and the enable_gpu/enable_tpu that go with it (the client sends all three)."""
+    kind = ACCELERATORS[check_accelerator(shape)]
+    meta.update(machine_shape=shape, enable_gpu=kind == "gpu", enable_tpu=kind == "tpu")
+    return meta
+
+
+def validate_kernel_metadata(meta: dict, folder: Path, *, where: str = "kernel-metadata.json",
+                             keep_image: bool = False) -> None:
     """The checks of ``KaggleApi.kernels_push`` (kaggle 2.2.5), raised as KernelError, plus ours."""
     def fail(msg: str) -> None:
         raise KernelError(f"{where}: {msg}")
@@ -247,6 +315,22 @@ def validate_kernel_metadata(meta: dict, folder: Path, *, where: str = "kernel-m
     pin = meta.get("docker_image_pinning_type")
     if pin is not None and pin not in PINNING_TYPES:
         fail(f"docker_image_pinning_type must be one of {', '.join(PINNING_TYPES)}")
+    if not keep_image and (meta.get("docker_image") or pin == "original"):
+        what = (f"docker_image {meta['docker_image']!r}" if meta.get("docker_image")
+                else "docker_image_pinning_type original")
+        fail(f"{what} pins the kernel's image (as `kaggle kernels pull -m` writes it); with a pinned image a "
+             "TpuV5E8 push has run on the CPU image (kaggle-cli issue #1197). Remove it, or pass --keep-image "
+             "if you mean it")
+    shape = meta.get("machine_shape")
+    gpu, tpu = (str(meta.get(k, False)).lower() == "true" for k in ("enable_gpu", "enable_tpu"))
+    if shape:
+        check_accelerator(shape, where)
+        kind = ACCELERATORS[shape]
+        if (kind == "gpu") != gpu or (kind == "tpu") != tpu:
+            fail(f"machine_shape {shape} is a {kind.upper()}, but enable_gpu is {gpu} and enable_tpu is {tpu}")
+    elif gpu or tpu:
+        fail(f"enable_{'gpu' if gpu else 'tpu'} without machine_shape has given the default pool, not the machine "
+             f"meant (kaggle-cli issue #821): add machine_shape ({' or '.join(ACCELERATORS)})")
 
 
 def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
@@ -262,13 +346,15 @@ def render_code(code: Path, repo: Path = REPO_ROOT) -> str:
 
 def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_ROOT,
                   accelerator: str | None = None, continue_last: bool = False, *, part: int | None = None,
-                  shards: str | None = None, kernel_args: str | None = None) -> Path:
+                  shards=None, kernel_args: str | None = None, keep_image: bool = False) -> Path:
     """Copy kernel NAME's code and rendered metadata into out_dir, ready for ``kaggle kernels push -p``.
 
     ``continue_last`` attaches the kernel's own output (Kaggle mounts its latest
     version's) through ``kernel_sources``: the train kernel resumes its checkpoint
     from it, build-embed its store. ``part``, ``shards`` and ``kernel_args`` are
-    the build kernels' variants (``build_kernels.adjust_rendered``).
+    the build kernels' variants (``build_kernels.adjust_rendered``). ``accelerator``
+    (``ACCELERATORS``) replaces the template's machine; ``keep_image`` lets a
+    pinned Docker image through.
     """
     if name not in KERNEL_TEMPLATES:
         raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}")
@@ -290,7 +376,7 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
     meta = {k: _render(v, user) for k, v in meta.items()}
     meta["code_file"] = code.name
     if accelerator:
-        meta["machine_shape"] = accelerator
+        set_accelerator(meta, accelerator)
     if continue_last:
         if name not in CONTINUABLE:
             raise KernelError(f"--continue is for the {' and '.join(CONTINUABLE)} kernels (their next version "
@@ -299,18 +385,24 @@ def render_kernel(name: str, user: str, out_dir: str | Path, repo: Path = REPO_R
     _write_json(out / "kernel-metadata.json", meta)
     build_kernels.adjust_rendered(out, name, user, part=part, shards=shards, kernel_args=kernel_args)
     validate_kernel_metadata(json.loads((out / "kernel-metadata.json").read_text(encoding="utf-8")), out,
-                             where=str(template))
+                             where=str(template), keep_image=keep_image)
+    scan_for_credentials(out)
     return out
 
 
 def kernel_ref(name: str, user: str, repo: Path = REPO_ROOT) -> str:
-    """``owner/slug`` of kernel NAME (its template's id for ``user``); an ``owner/slug`` passes through."""
+    """``owner/slug`` of kernel NAME (its template's id for ``user``, or ``build-write-part-K``, the folder
+    ``push build-write --part K`` renders into); an ``owner/slug`` passes through."""
     if "/" in name:
         bits = name.split("/")
         if len(bits) != 2 or not all(bits):
             raise KernelError(f"kernel {name!r} must be one of {', '.join(KERNEL_TEMPLATES)} or 'owner/kernel-slug'")
         return name
+    part = re.fullmatch(r"build-write-part-(\d+)", name)
+    if part:
+        return f"{user}/{build_kernels.WRITE_SLUG.format(k=int(part.group(1)))}"
     if name not in KERNEL_TEMPLATES:
-        raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)} or give owner/slug")
+        raise KernelError(f"unknown kernel {name!r}; choose from {', '.join(KERNEL_TEMPLATES)}, "
+                          "build-write-part-K or give owner/slug")
     meta = json.loads((repo / KERNEL_TEMPLATES[name]).read_text(encoding="utf-8"))
     return _render(meta["id"], user)
