@@ -1,4 +1,20 @@
-"""GAP of every scoring rule × flip TTA × one model or a two-model ensemble, on the embedded sample (issue 15).
+"""GAP of every scoring rule × flip TTA × one model or a two-model ensemble (issues 15 and 22).
+
+Two sources of test images:
+
+- ``--data DIR --model M [--model M2]`` (issue 22): a folder in GLDv2 layout
+  with real photos, e.g. ``../shared/realdata/oxparis`` (train.csv + train/,
+  test/, solution.csv, sample_submission.csv, and distractors/, non-landmark
+  photos never in train or test), and model folders trained on its train set
+  (their label map must hold its landmarks; ImageNet-started backbones are
+  what make the comparison mean something). The train set is the retrieval
+  index (``inference.index_from=competition``, embedded once per model set
+  and TTA mode and reused), distractors/ the non-landmark gallery (B and C of
+  glr2020_1st, the penalty of linear). Every rule runs at each k of ``--k``
+  (``topk_neighbours`` for linear, ``rule_neighbours`` for the GLR2020 rules),
+  plus the GLR2020 rules at their published k (3 and 5). The chance bar is
+  what guessing a training landmark reaches in 1 draw of 100.
+- no ``--data``: the embedded sample, below.
 
 The sample's test images are random views of the very photos its training
 images are views of, and its non-landmark test images are views of the photos
@@ -14,6 +30,8 @@ indexed with that same set and mode (B of the 1st-place rule against those
 non-landmarks), and ``predict`` runs with the classifier alone and with each rule.
 
     python benchmarks/rules.py [--out runs/rules] [--epochs 12] [--seed 0]
+    python benchmarks/rules.py --data ../shared/realdata/oxparis --model runs/lite0-oxparis [--k 3,5] \
+        [--out runs/rules-real]
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import distractor_folder, train_tiny_model, write_shards  # noqa: E402
+from helpers import chance_bar, distractor_folder, train_tiny_model, write_shards  # noqa: E402
 
 RULES = ("linear", "glr2020_1st", "glr2020_3rd")
 
@@ -36,7 +54,14 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=14)
     parser.add_argument("--test-per-class", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="sample seed; the models get 2·seed and 2·seed + 1")
+    parser.add_argument("--data", help="GLDv2-layout folder of real photos with distractors/ (e.g. oxparis)")
+    parser.add_argument("--model", action="append", help="with --data: a model folder trained on its train set; "
+                                                         "twice: each alone and the two as an ensemble")
+    parser.add_argument("--k", default="3,5", help="with --data: neighbours every rule gets, comma-separated")
     args = parser.parse_args()
+    if args.data:
+        real(args)
+        return
 
     import keras
 
@@ -93,6 +118,52 @@ def main() -> None:
     for r in table:
         print(f"| {r['models']} | {r['tta']} | {r['classifier']:.4f} | {r['linear']:.4f} | {r['glr2020_1st']:.4f} "
               f"| {r['glr2020_3rd']:.4f} |")
+
+
+def real(args) -> None:
+    """The fair table on real photos: every rule at the same k, each model set and TTA mode."""
+    from landmark_kaggle.evaluate.submission import read_solution, read_submission, score
+    from landmark_kaggle.infer.embed_index import build_index
+    from landmark_kaggle.infer.predict import predict
+
+    if not args.model:
+        raise SystemExit("--data needs --model (a model folder trained on its train set)")
+    data, out = Path(args.data), Path(args.out)
+    solution = read_solution(data / "solution.csv")
+    bar = chance_bar(data / "solution.csv", data / "train.csv")
+    ks = [int(k) for k in args.k.split(",") if k]
+    sets = [[m] for m in args.model] + ([list(args.model)] if len(args.model) > 1 else [])
+    runs = [("classifier", [])]
+    for k in ks:
+        runs += [(f"linear k={k}", ["inference.scoring=linear", f"inference.topk_neighbours={k}"]),
+                 (f"glr2020_1st k={k}", ["inference.scoring=glr2020_1st", f"inference.rule_neighbours={k}"]),
+                 (f"glr2020_3rd k={k}", ["inference.scoring=glr2020_3rd", f"inference.rule_neighbours={k}"])]
+    runs += [("glr2020_1st published (k=3)", ["inference.scoring=glr2020_1st"]),
+             ("glr2020_3rd published (k=5)", ["inference.scoring=glr2020_3rd"])]
+    table = []
+    for dirs in sets:
+        for tta in ("none", "flip"):
+            tag = "+".join(Path(d).name for d in dirs) + f"-{tta}"
+            dis = out / "indexes" / f"dis-{tag}"
+            build_index(dirs, dis, images=str(data / "distractors"), overrides=[f"inference.tta={tta}"])
+            for name, sets_ in runs:
+                sub = out / "submissions" / f"{tag}-{name.replace(' ', '_')}.csv"
+                # The classifier alone: no index, no non-landmark penalty.
+                extra = {} if not sets_ else {"distractors": dis, "competition": data,
+                                              "competition_index": out / "indexes" / f"train-{tag}"}
+                where = ["inference.index_from=competition"] if sets_ else []
+                summary = predict(dirs, sub, images=data / "test", ids_csv=data / "sample_submission.csv",
+                                  overrides=[f"inference.tta={tta}", *where, *sets_], **extra)
+                gap = score(solution, read_submission(sub))["gap"]
+                table.append({"models": " + ".join(Path(d).name for d in dirs), "tta": tta, "rule": name,
+                              "gap": gap, "no_prediction": summary["no_prediction"]})
+                print(table[-1], flush=True)
+    n_land = int((solution["landmarks"].map(len) > 0).sum())
+    print(f"\n{data}: {len(solution)} test images ({n_land} landmark), chance bar (guessing, 99th percentile) "
+          f"{bar:.4f}")
+    print("\n| models | TTA | rule | GAP | no prediction |\n| --- | --- | --- | --- | --- |")
+    for r in table:
+        print(f"| {r['models']} | {r['tta']} | {r['rule']} | {r['gap']:.4f} | {r['no_prediction']} |")
 
 
 if __name__ == "__main__":

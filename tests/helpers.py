@@ -52,6 +52,47 @@ def loop_gap(ids, lids, confs, solution, ignore_nonlandmark=False) -> float:
     return total / m
 
 
+def chance_gap(solution: pd.DataFrame, classes, draws: int = 20000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """GAP of guessing: every test image gets a landmark drawn uniformly from ``classes`` and a uniform random
+    confidence. Returns the exact expectation and ``draws`` seeded samples.
+
+    Random confidences rank the N images in a uniformly random order. Image i is right with probability
+    q_i (the share of ``classes`` among its landmarks; 0 for a non-landmark image), independently of the
+    others, and given it sits at rank k and is right, the k - 1 images above it hold on average
+    (k - 1)(Q - q_i)/(N - 1) right ones (Q = sum of q). With precision hits/k at each right rank:
+    E[GAP] = 1/M * sum_k 1/k * 1/N * sum_i q_i (1 + (k - 1)(Q - q_i)/(N - 1)).
+    """
+    from landmark_kaggle.evaluate.metrics import global_average_precision
+    from landmark_kaggle.evaluate.submission import solution_truth
+
+    truth = solution_truth(solution)
+    classes = np.asarray(sorted(set(int(c) for c in classes)))
+    n, m = len(truth.ids), truth.num_landmark_images
+    landmarks = dict(zip(solution["id"], solution["landmarks"], strict=True))
+    q = np.array([len(set(landmarks[i]) & set(classes.tolist())) / len(classes) for i in truth.ids])
+    k = np.arange(1, n + 1)
+    expected = float(sum((q * (1 + (kk - 1) * (q.sum() - q) / (n - 1))).sum() / (n * kk) for kk in k) / m)
+    rng = np.random.default_rng(seed)
+    ids = list(truth.ids)
+    samples = np.array([global_average_precision(ids, rng.choice(classes, n), rng.random(n), truth)
+                        for _ in range(draws)])
+    return expected, samples
+
+
+def chance_bar(solution_csv, train_csv, draws: int = 2000, quantile: float = 0.95) -> float:
+    """The GAP that guessing exceeds once in 20 draws (``quantile``), for the better of two ways of guessing
+    from the labels: a random training landmark per test image, or the most frequent one (ties at random),
+    random confidences. A submission of empty rows stays below it, and one of answers unrelated to the images
+    clears it 1 time in 20. (On the 24 test images of the inference sample: guessing averages 0.037, its 95th
+    percentile is 0.13, its 99th 0.20 - one lucky draw; the tiny model's classifier alone scores 0.18.)"""
+    from landmark_kaggle.evaluate.submission import read_solution
+
+    solution = read_solution(solution_csv)
+    counts = pd.read_csv(train_csv)["landmark_id"].value_counts()
+    return max(float(np.quantile(chance_gap(solution, guess, draws)[1], quantile))
+               for guess in (counts.index, counts.index[counts == counts.max()]))
+
+
 def real_folder(root: Path, copies: int, sources: list[Path] | None = None, seed: int = 7,
                 first_landmark: int = 1000) -> Path:
     """A GLDv2 folder of real GLDv2 photos: each source JPEG (default: the 13 of tests/data) under

@@ -8,34 +8,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import chance_gap
 
-from landmark_kaggle.evaluate.metrics import global_average_precision
-from landmark_kaggle.evaluate.submission import read_solution, read_submission, solution_truth, validate_submission
-
-
-def chance_gap(solution: pd.DataFrame, classes, draws: int = 20000, seed: int = 0) -> tuple[float, np.ndarray]:
-    """GAP of guessing: every test image gets a landmark drawn uniformly from ``classes`` and a uniform random
-    confidence. Returns the exact expectation and ``draws`` seeded samples.
-
-    Random confidences rank the N images in a uniformly random order. Image i is right with probability
-    q_i (the share of ``classes`` among its landmarks; 0 for a non-landmark image), independently of the
-    others, and given it sits at rank k and is right, the k - 1 images above it hold on average
-    (k - 1)(Q - q_i)/(N - 1) right ones (Q = sum of q). With precision hits/k at each right rank:
-    E[GAP] = 1/M * sum_k 1/k * 1/N * sum_i q_i (1 + (k - 1)(Q - q_i)/(N - 1)).
-    """
-    truth = solution_truth(solution)
-    classes = np.asarray(sorted(set(int(c) for c in classes)))
-    n, m = len(truth.ids), truth.num_landmark_images
-    landmarks = dict(zip(solution["id"], solution["landmarks"], strict=True))
-    q = np.array([len(set(landmarks[i]) & set(classes.tolist())) / len(classes) for i in truth.ids])
-    k = np.arange(1, n + 1)
-    expected = float(sum((q * (1 + (kk - 1) * (q.sum() - q) / (n - 1))).sum() / (n * kk) for kk in k) / m)
-    rng = np.random.default_rng(seed)
-    ids = list(truth.ids)
-    samples = np.array([global_average_precision(ids, rng.choice(classes, n), rng.random(n), truth)
-                        for _ in range(draws)])
-    return expected, samples
-
+from landmark_kaggle.evaluate.submission import read_solution, read_submission, validate_submission
 
 STAGES = ["sample", "stats", "write noisy", "train noisy", "embed", "clean", "write", "verify", "train",
           "embed-index", "predict", "predict+retrieval", "score"]

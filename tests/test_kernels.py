@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import LAYOUTS, kaggle_input_tree, score_json
+from helpers import LAYOUTS, chance_bar, kaggle_input_tree, score_json
 
 from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.kaggle.build_kernels import WRITE_SLUG, WRITE_TITLE
@@ -82,7 +82,9 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     ids = pd.read_csv(comp / "sample_submission.csv", dtype=str)["id"].tolist()
     validate_submission(read_submission(sub_path), ids, source=sub_path)
     result = score_json(world["root"] / "solution.csv", sub_path)
-    assert 0.0 <= result["gap"] <= 1.0 and result["n_images"] == len(ids)
+    assert result["n_images"] == len(ids)
+    assert result["gap"] > chance_bar(world["root"] / "solution.csv", world["root"] / "train.csv")
+    assert json.loads((working / "submission.predict.json").read_text())["no_prediction"] == 0
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
 
 

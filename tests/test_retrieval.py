@@ -155,9 +155,9 @@ def test_assembly_dedupes_restricts_and_scores_by_hand(tmp_path):
                                                     E[:3], [10, 20, 30]), lm)
     comp = retrieval.RetrievalIndex(_index_folder(tmp_path / "comp", ["c" * 16, "d" * 16], E[2:], [30, 40]), lm)
     inf = InferenceConfig(topk_neighbours=1, retrieval_weight=1.0)
-    r = retrieval.Retrieval(lm, inf, 30.0, [bundle, comp])
+    r = retrieval.Retrieval(lm, inf, [bundle, comp])
     assert r.counts["index_rows"] == 4 and r.counts["index_rows_duplicate"] == 1
-    r = retrieval.Retrieval(lm, inf, 30.0, [bundle, comp], allowed=np.array([30, 40]))
+    r = retrieval.Retrieval(lm, inf, [bundle, comp], allowed=np.array([30, 40]))
     assert r.counts["index_rows"] == 2 and r.counts["index_rows_restricted"] == 2
     # A query along e0 (landmark 10's only image) can no longer find it: its nearest allowed rows are at
     # similarity 0. With w = 1 and one neighbour, the vote is 0 for c or d; the classifier's cos θ, masked to
@@ -180,16 +180,16 @@ def test_glr2020_1st_needs_b_from_the_same_nonlandmarks(tmp_path):
     inf = InferenceConfig(scoring="glr2020_1st", topk_neighbours=2)
     plain = retrieval.RetrievalIndex(_index_folder(tmp_path / "plain", ["a" * 16, "b" * 16], E[:2], [10, 20]), lm)
     with pytest.raises(UserError, match="nonlandmark_sim.npy.*--nonlandmarks"):
-        retrieval.Retrieval(lm, inf, 30.0, [plain], dis)
+        retrieval.Retrieval(lm, inf, [plain], dis)
     other = retrieval.RetrievalIndex(_index_folder(tmp_path / "other", ["a" * 16, "b" * 16], E[:2], [10, 20],
                                                    b=[0.1, 0.2], nonlandmarks_sha="0" * 64), lm)
     with pytest.raises(UserError, match="other non-landmarks"):
-        retrieval.Retrieval(lm, inf, 30.0, [other], dis)
+        retrieval.Retrieval(lm, inf, [other], dis)
     with pytest.raises(UserError, match="needs the non-landmark index"):
-        retrieval.Retrieval(lm, inf, 30.0, [other])
+        retrieval.Retrieval(lm, inf, [other])
     # The run's own rows (the competition's) get B computed here: row a (e0) has distractor sims 1 and -1, mean
     # top-5 (of 2) = 0; row b (e1) has 0 and 0 → 0.
-    r = retrieval.Retrieval(lm, inf, 30.0, [plain], dis, own_b=(plain,))
+    r = retrieval.Retrieval(lm, inf, [plain], dis, own_b=(plain,))
     np.testing.assert_allclose(r.b, [0.0, 0.0], atol=1e-6)
     # Query e1: neighbours b (s = 1, B 0) and a (s = 0, B 0); C = mean top-10 of (0, 0) = 0 → landmark 20, 1.0.
     label, conf = r.score(np.zeros((1, 2), np.float32), E[1:2])
@@ -203,6 +203,81 @@ def test_rules_without_what_they_need_are_clear_errors(tmp_path):
     lm = _label_map([10])
     for rule in ("glr2020_1st", "glr2020_3rd"):
         with pytest.raises(UserError, match=f"scoring={rule} needs a retrieval index"):
-            retrieval.Retrieval(lm, InferenceConfig(scoring=rule), 30.0, [])
+            retrieval.Retrieval(lm, InferenceConfig(scoring=rule), [])
     with pytest.raises(UserError, match="none of the 2 landmarks"):
-        retrieval.Retrieval(lm, InferenceConfig(), 30.0, [], allowed=np.array([3, 4]))
+        retrieval.Retrieval(lm, InferenceConfig(), [], allowed=np.array([3, 4]))
+
+
+@pytest.mark.parametrize("row_block", [3, 1000])
+def test_a_penalty_is_subtracted_before_the_top_k(row_block):
+    # Every row's similarity becomes clamp(s, 0, 1) - B[row] before the top-k, in each block: brute force agrees.
+    rng = np.random.default_rng(7)
+    rows, queries = _unit(rng, 40, 6), _unit(rng, 9, 6)
+    b = rng.uniform(0.0, 0.5, 40).astype(np.float32)
+    b[5] = np.inf  # kept out of every answer
+    sims, got = search.DeviceIndex(rows, row_block=row_block, penalty=b).search(queries, 4)
+    full = np.clip(queries @ rows.astype(np.float16).astype(np.float32).T, 0, 1) - b
+    want = np.argsort(-full, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(sims, np.take_along_axis(full, want, 1), rtol=1e-6)
+    assert 5 not in got
+    with pytest.raises(ValueError, match="penalty of shape"):
+        search.DeviceIndex(rows, penalty=b[:3])
+
+
+def _first_place_world(tmp_path, label_map_lids):
+    """Four index rows and two non-landmarks (unit vectors in 3-d) with B stored as embed-index writes it.
+
+    r0 = e0 (landmark 10, B 0.6), r1 = (0.96, 0.28, 0) (10, B 0.5), r2 = (0.8, 0.6, 0) (20, B 0),
+    r3 = (0.6, 0.8, 0) (20, B 0.05); non-landmarks (0.6, 0, 0.8) and e2.
+    """
+    rows = np.array([[1, 0, 0], [0.96, 0.28, 0], [0.8, 0.6, 0], [0.6, 0.8, 0]], np.float32)
+    dis_dir = _index_folder(tmp_path / "dis", ["e" * 16, "f" * 16], [[0.6, 0, 0.8], [0, 0, 1]], [-1, -1])
+    dis = retrieval.RetrievalIndex(dis_dir)
+    lm = _label_map(label_map_lids)
+    index = retrieval.RetrievalIndex(_index_folder(tmp_path / "index", [c * 16 for c in "abcd"], rows,
+                                                   [10, 10, 20, 20], b=[0.6, 0.5, 0.0, 0.05],
+                                                   nonlandmarks_sha=dis.meta["ids_sha256"]), lm)
+    return lm, index, dis
+
+
+def test_glr2020_1st_keeps_the_rows_b_brings_up(tmp_path):
+    from landmark_kaggle.config import InferenceConfig
+
+    lm, index, dis = _first_place_world(tmp_path, [10, 20])
+    r = retrieval.Retrieval(lm, InferenceConfig(scoring="glr2020_1st"), [index], dis)
+    assert r.neighbours() == 3  # as published
+    # Query e0. Raw similarities 1.0, 0.96, 0.8, 0.6: the raw top 3 are r0, r1, r2.
+    # clamp(s, 0, 1) - B: 0.4, 0.46, 0.8, 0.55 → the top 3 are r2, r3, r1: B lets r3 in and pushes r0 out.
+    #   landmark 20: 0.8 + 0.55 = 1.35; landmark 10: 0.46. C = mean(0.6, 0) = 0.3 → 20 with 1.35 - 0.3 = 1.05.
+    # (B subtracted after a raw top 3 would give 10: 0.4 + 0.46 = 0.86 against 20: 0.8, the other answer.)
+    label, conf = r.score(np.zeros((1, 2), np.float32), E[:1, :3])
+    assert r.landmark_ids[label].tolist() == [20]
+    np.testing.assert_allclose(conf, [1.05], atol=3e-3)
+
+
+def test_landmarks_the_model_lacks_stay_for_the_rules_that_can_answer_them(tmp_path):
+    from landmark_kaggle.config import InferenceConfig
+
+    # The model knows landmark 10 only; 20 is in the index but has no class.
+    lm, index, dis = _first_place_world(tmp_path, [10])
+    r = retrieval.Retrieval(lm, InferenceConfig(scoring="glr2020_1st"), [index], dis)
+    assert r.counts["index_rows"] == 4 and r.counts["index_rows_unknown"] == 2
+    assert r.landmark_ids.tolist() == [10, 20]
+    label, conf = r.score(np.zeros((1, 1), np.float32), E[:1, :3])
+    assert label.tolist() == [1] and r.landmark_ids[label].tolist() == [20]
+    np.testing.assert_allclose(conf, [1.05], atol=3e-3)
+    # glr2020_3rd: 20 counts 1e-8 in place of a cos θ. Query e0, top 5 = all 4 rows: 10 gets 1⁹·0.5¹⁰ + 0.96⁹·0.5¹⁰.
+    r = retrieval.Retrieval(lm, InferenceConfig(scoring="glr2020_3rd"), [index])
+    label, conf = r.score(np.full((1, 1), 0.5, np.float32), E[:1, :3])
+    assert r.landmark_ids[label].tolist() == [10]
+    np.testing.assert_allclose(conf, [(1 + 0.96 ** 9) * 0.5 ** 10], rtol=2e-2)
+    # A query along r3 (0.6, 0.8): landmark 20's rows are nearest (1.0 and 0.96), 10's at 0.8 and 0.6.
+    #   20: (1 + 0.96⁹)·1e-80; 10: (0.8⁹ + 0.6⁹)·0.5¹⁰ → 10 still wins: 1e-8 is the published floor.
+    label, conf = r.score(np.full((1, 1), 0.5, np.float32), np.array([[0.6, 0.8, 0]], np.float32))
+    assert r.landmark_ids[label].tolist() == [10]
+    np.testing.assert_allclose(conf, [(0.8 ** 9 + 0.6 ** 9) * 0.5 ** 10], rtol=2e-2)
+    # linear scores cos θ: an unknown landmark's rows are left out, counted.
+    r = retrieval.Retrieval(lm, InferenceConfig(topk_neighbours=4), [index])
+    assert r.counts["index_rows"] == 2 and r.counts["index_rows_dropped"] == 2 and r.counts["index_rows_unknown"] == 2
+    assert r.labels.tolist() == [0, 0] and r.landmark_ids.tolist() == [10]

@@ -152,6 +152,14 @@ class InferenceConfig:
     # predict fails when more than this share of the test images give no prediction (unreadable or missing):
     # a systematic decode bug must not pass for a submission.
     max_unreadable: float = 0.01
+    # glr2020_1st / glr2020_3rd: index rows searched per query; 0: as published (3 and 5).
+    rule_neighbours: int = 0
+    # Hours predict may take, from its start (the 9-hour rule less setup): with index_from=competition|both it
+    # embeds only as much of the competition's train set as the rate measured on the test images leaves time for.
+    time_limit: float = 8.5
+    # The competition's train set embedded at predict time at most: more rows (the full train set a commit run
+    # mounts) are cut to this many, per landmark, every landmark kept.
+    competition_max_images: int = 100000
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,9 @@ class Config:
             ("inference.precision", self.inference.precision in INFERENCE_PRECISIONS,
              f"must be one of {', '.join(INFERENCE_PRECISIONS)}"),
             ("inference.max_unreadable", 0 <= self.inference.max_unreadable <= 1, "must be in [0, 1]"),
+            ("inference.rule_neighbours", self.inference.rule_neighbours >= 0, "must be >= 0 (0: as published)"),
+            ("inference.time_limit", self.inference.time_limit > 0, "must be > 0 (hours)"),
+            ("inference.competition_max_images", self.inference.competition_max_images >= 1, "must be >= 1"),
         ]
         for name, ok, why in checks:
             if not ok:

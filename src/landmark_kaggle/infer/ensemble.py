@@ -19,7 +19,8 @@ settings come from the first model folder plus ``--set``.
 An index records which ensemble made it (``describe``): every member's weights
 sha256, in order, its embedding width, and the TTA mode; ``check_index``
 refuses an index from another ensemble or order, with each member's probe
-embedding compared when a weights file differs.
+embedding compared when a weights file differs, and an index embedded with
+another TTA mode than the queries.
 """
 
 from __future__ import annotations
@@ -90,11 +91,6 @@ class Embedder:
         return self.views[0] if len(self.views) == 1 else tuple(self.views)
 
     @property
-    def scale(self) -> float:
-        """The logits' scale s (the members' mean): the GLR2020 3rd-place rule's softmax is over s·cos θ."""
-        return float(np.mean([m.bundle.config.model.scale for m in self.members]))
-
-    @property
     def dim(self) -> int:
         return sum(m.dim for m in self.members)
 
@@ -140,7 +136,14 @@ class Embedder:
                             for m in self.members], "tta": self.tta}
 
     def check_index(self, path: Path, meta: dict, stored_probe: np.ndarray | None) -> None:
-        """Refuse an index that another model, ensemble or member order made."""
+        """Refuse an index that another model, ensemble, member order or TTA mode made."""
+        # Indexes from before the mode was recorded on its own say it in the store's backend name.
+        theirs_tta = meta.get("tta") or ("flip" if "|tta=flip" in str(meta.get("backend", "")) else "none")
+        if theirs_tta != self.tta:
+            raise StoreError(f"{path}: embedded with inference.tta={theirs_tta}, but the queries are embedded with "
+                             f"inference.tta={self.tta}; the index and the queries must be embedded alike (rebuild "
+                             f"the index with --set inference.tta={self.tta}, or predict with "
+                             f"--set inference.tta={theirs_tta})")
         # An index from before ensembles: one member, described by the store's own meta.
         members = meta.get("members") or [{"model": meta.get("backend", "?"), "dim": int(meta.get("dim", 0)),
                                            "weights_sha256": meta.get("weights_sha256")}]

@@ -12,8 +12,19 @@ lowers the confidence of images that resemble known non-landmarks),
 ensemble; ``inference.tta=flip`` adds the mirrored image (``ensemble.py``).
 ``inference.index_from`` and ``inference.restrict_to_competition_train`` use
 the competition's own train set (``competition.py``). Every test image gets a
-row: one that cannot be read gets an empty prediction and is counted in the
-summary. ``inference.*`` settings can be changed with ``--set``.
+row: one that cannot be read, or whose confidence comes out NaN or infinite
+(float16 inference can overflow), gets an empty prediction and is counted in
+the summary. ``inference.*`` settings can be changed with ``--set``.
+
+With ``index_from=competition|both`` the test images come first: they are
+answered with what exists before the competition's train set (the bundled
+index, or the classifier alone) and that complete ``submission.csv`` is
+written at once. The rate of that pass and ``inference.time_limit`` (hours
+from predict's start) then say how many of the competition's train images can
+still be embedded, besides a second pass over the test images; at most
+``inference.competition_max_images`` are (a commit run mounts the full 1.58M
+training set), cut per landmark with every landmark kept, and a printed note
+says so. The second pass replaces the file.
 
 When more than ``inference.max_unreadable`` (default 1%) of the images give no
 prediction, ``predict`` writes no submission and fails naming the first few
@@ -33,7 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +57,9 @@ from landmark_kaggle.infer import retrieval
 
 # At most this many test images are held (cos θ and embeddings) between two searches.
 MAX_QUERY_BLOCK = 32768
+# Share of the time left that the competition's train set and the second pass over the test images may plan on:
+# the rate is measured on the test images, and index assembly, B and the search come on top.
+TIME_SHARE = 0.9
 
 
 def kaggle_inputs(args: argparse.Namespace) -> None:
@@ -165,11 +179,12 @@ def _expected_ids(ids: np.ndarray, ids_csv) -> list[str]:
     return listed
 
 
-def _retrieval(embedder, out, index, distractors, competition, competition_index) -> tuple:
-    """The assembled ``retrieval.Retrieval`` for the settings, and notes on inputs it leaves unused."""
+def _indexes(embedder, index, distractors, competition) -> tuple[list, object, np.ndarray | None, list[str]]:
+    """What retrieval uses before the competition's train set: (bundled parts, distractors, allowed landmark
+    ids, notes on inputs left unused)."""
     from landmark_kaggle.infer import competition as comp
     inf, label_map, notes = embedder.config.inference, embedder.label_map, []
-    parts, own = [], ()
+    parts = []
     if inf.index_from in ("bundle", "both") and index:
         parts.append(retrieval.load_checked(index, embedder, label_map))
     elif inf.index_from == "both":
@@ -179,18 +194,13 @@ def _retrieval(embedder, out, index, distractors, competition, competition_index
     if (inf.index_from != "bundle" or inf.restrict_to_competition_train) and competition is None:
         raise UserError("inference.index_from=competition|both and inference.restrict_to_competition_train need "
                         "the competition folder: --competition DIR (train.csv and train/), or --kaggle")
-    if inf.index_from != "bundle":
-        folder = Path(competition_index) if competition_index else Path(out).parent / "competition_index"
-        comp.build_index(embedder, competition, folder, batch_size=inf.batch_size)
-        parts.append(retrieval.RetrievalIndex(folder, label_map))
-        own = (parts[-1],)
     allowed = comp.landmark_ids(competition) if inf.restrict_to_competition_train else None
     dis = None
     if distractors and inf.scoring == "glr2020_3rd":
         notes.append(f"--distractors {distractors} unused (inference.scoring=glr2020_3rd has no non-landmark term)")
     elif distractors:
         dis = retrieval.load_checked(distractors, embedder)
-    return retrieval.Retrieval(label_map, inf, embedder.scale, parts, dis, allowed, own), notes
+    return parts, dis, allowed, notes
 
 
 def _blocks(embed, dataset, batch_size: int, block: int, bar):
@@ -210,6 +220,92 @@ def _blocks(embed, dataset, batch_size: int, block: int, bar):
         yield ids, np.concatenate(cos), np.concatenate(emb)
 
 
+@dataclass
+class Pass:
+    """One pass over the test images: each readable image's landmark id (-1: none) and confidence."""
+
+    landmark: dict[str, int]
+    confidence: dict[str, float]
+    nonfinite: int  # answers dropped because their confidence was NaN or infinite
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.landmark) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _score_pass(embedder, dataset, retr: retrieval.Retrieval, block: int, total: int, desc: str) -> Pass:
+    """Embed every test image once and answer it under ``retr``; a non-finite confidence is no answer."""
+    landmark, confidence, nonfinite = {}, {}, 0
+    start = time.perf_counter()
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        for block_ids, cos, emb in _blocks(embedder.embed, dataset, embedder.config.inference.batch_size, block, bar):
+            labels, conf = retr.score(cos, emb)
+            # float16 inference can overflow to inf/NaN: that image gets an empty row, the rest still count.
+            bad = (labels >= 0) & ~np.isfinite(conf)
+            nonfinite += int(bad.sum())
+            labels = np.where(bad, -1, labels)
+            lids = np.where(labels >= 0, retr.landmark_ids[np.maximum(labels, 0)], -1)
+            conf = np.where(labels >= 0, conf, 0.0)
+            for i, t, c in zip(block_ids, lids.tolist(), conf.tolist(), strict=True):
+                landmark[i], confidence[i] = int(t), float(c)
+        bar.update(total - bar.n)  # the unreadable ones, so the bar ends full
+    return Pass(landmark, confidence, nonfinite, time.perf_counter() - start)
+
+
+def _write(out: Path, expected: list[str], result: Pass) -> None:
+    from landmark_kaggle.evaluate.submission import write_submission
+
+    write_submission(out, expected, [result.landmark.get(i, -1) for i in expected],
+                     [result.confidence.get(i, 0.0) for i in expected])
+
+
+def competition_budget(inference, rate: float, elapsed: float, test_images: int) -> int:
+    """Competition train images that fit in what is left of ``inference.time_limit`` after ``elapsed`` seconds,
+    at ``rate`` images/s, keeping time to embed the ``test_images`` once more (and a tenth spare)."""
+    left = inference.time_limit * 3600.0 - elapsed
+    return max(int(rate * left * TIME_SHARE) - test_images, 0)
+
+
+def _with_competition(embedder, out, dataset, ids, expected, block, parts, dis, allowed, competition,
+                      competition_index, start, notes, check) -> tuple[retrieval.Retrieval, Pass, dict]:
+    """index_from=competition|both: answer every test image first with what is there (so a complete
+    submission exists however the rest goes), embed as much of the competition's train set as the time left
+    allows, then answer again with it."""
+    from landmark_kaggle.infer import competition as comp
+    inf, label_map = embedder.config.inference, embedder.label_map
+    first_inf = inf
+    if not parts and inf.scoring != "linear":
+        first_inf = replace(inf, scoring="linear")
+        notes.append(f"first pass: the classifier alone (inference.scoring={inf.scoring} needs the competition index)")
+    first_retr = retrieval.Retrieval(label_map, first_inf, parts, dis if first_inf.scoring == inf.scoring else None,
+                                     allowed)
+    first = _score_pass(embedder, dataset, first_retr, block, len(ids), "predict (first pass)")
+    check(first)
+    _write(out, expected, first)
+    budget = competition_budget(inf, first.rate, time.monotonic() - start, len(ids))
+    cap = min(budget, inf.competition_max_images)
+    folder = Path(competition_index) if competition_index else Path(out).parent / "competition_index"
+    built = comp.build_index(embedder, competition, folder, batch_size=inf.batch_size, max_images=cap)
+    info = {"listed": built["listed"], "embedded": built["rows"], "landmarks": built["landmarks"],
+            "listed_landmarks": built["listed_landmarks"], "budget": budget,
+            "max_images": inf.competition_max_images, "first_pass_seconds": round(first.seconds, 3)}
+    if built["rows"] < built["listed"]:
+        why = (f"inference.competition_max_images = {inf.competition_max_images}" if cap == inf.competition_max_images
+               else f"the {budget} images that fit in inference.time_limit = {inf.time_limit:g} h at the measured "
+                    f"{first.rate:.1f} images/s")
+        notes.append(f"competition train set: {built['rows']} of {built['listed']} images embedded "
+                     f"({built['landmarks']} of {built['listed_landmarks']} landmarks), cut by {why}")
+        print(f"predict: {notes[-1]}")
+    if not built["rows"]:
+        notes.append("no competition index: the submission is the first pass's")
+        return first_retr, first, info
+    del first_retr  # its rows leave the device before the full index is placed there
+    parts = [*parts, retrieval.RetrievalIndex(folder, label_map)]
+    retr = retrieval.Retrieval(label_map, inf, parts, dis, allowed, own_b=(parts[-1],))
+    return retr, _score_pass(embedder, dataset, retr, block, len(ids), "predict"), info
+
+
 def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None, distractors=None,
             competition=None, competition_index=None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Write the submission; returns the summary (counts, images/s, settings).
@@ -217,44 +313,52 @@ def predict(model_dir, out, *, images=None, tfrec=None, ids_csv=None, index=None
     ``model_dir``: one model folder or a list of them (an ensemble, ``ensemble.py``).
     ``competition``: the competition folder (train.csv, train/) for ``inference.index_from`` and
     ``inference.restrict_to_competition_train``; ``competition_index`` where its train set is embedded
-    (default: ``competition_index`` beside ``out``).
+    (default: ``competition_index`` beside ``out``). With ``index_from=competition|both`` the test images
+    are answered twice: first without the competition's train set (that submission is written at once),
+    then with as much of it as ``inference.time_limit`` leaves time for (``_with_competition``).
     """
     from landmark_kaggle.infer.ensemble import load_embedder
 
+    start = time.monotonic()
     models = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
     embedder = load_embedder(models, overrides)
     inf = embedder.config.inference
     ids, dataset, skipped, files, source = _test_images(images, tfrec, embedder.data_cfg)
     expected = _expected_ids(ids, ids_csv)
-    retr, notes = _retrieval(embedder, out, index, distractors, competition, competition_index)
+    parts, dis, allowed, notes = _indexes(embedder, index, distractors, competition)
     for note in notes:
         print(f"predict: {note}")
-    lm_ids = embedder.label_map["landmark_id"].to_numpy(np.int64)
-    block = query_block_size(inf, len(lm_ids))
-    best_lid, best_conf = {}, {}
-    start = time.perf_counter()
-    with tqdm(total=len(ids), desc="predict", unit="img") as bar:
-        for block_ids, cos, emb in _blocks(embedder.embed, dataset, inf.batch_size, block, bar):
-            labels, conf = retr.score(cos, emb)
-            for i, t, c in zip(block_ids, labels.tolist(), conf.tolist(), strict=True):
-                best_lid[i], best_conf[i] = (int(lm_ids[t]) if t >= 0 else -1), float(c)
-        bar.update(len(ids) - bar.n)  # the unreadable ones, so the bar ends full
-    seconds = time.perf_counter() - start
-    from landmark_kaggle.evaluate.submission import write_submission
-
+    block = query_block_size(inf, len(embedder.label_map))
     out = Path(out)
-    missed = [i for i in expected if i not in best_lid]
-    check_unreadable(missed, len(expected), inf.max_unreadable, files, embedder.data_cfg, source)
-    write_submission(out, expected, [best_lid.get(i, -1) for i in expected], [best_conf.get(i, 0.0) for i in expected])
+    comp_info = None
+
+    def check(result: Pass) -> list[str]:
+        missed = [i for i in expected if i not in result.landmark]
+        check_unreadable(missed, len(expected), inf.max_unreadable, files, embedder.data_cfg, source)
+        return missed
+
+    if inf.index_from == "bundle":
+        retr = retrieval.Retrieval(embedder.label_map, inf, parts, dis, allowed)
+        result = _score_pass(embedder, dataset, retr, block, len(ids), "predict")
+    else:
+        retr, result, comp_info = _with_competition(embedder, out, dataset, ids, expected, block, parts, dis,
+                                                    allowed, competition, competition_index, start, notes, check)
+    missed = check(result)
+    _write(out, expected, result)
+    if result.nonfinite:
+        print(f"predict: {result.nonfinite} image(s) got a non-finite confidence (NaN/inf): written with no "
+              f"prediction (inference.precision={inf.precision})")
     unreadable = len(missed)
     summary = {
         "images": len(expected), "predicted": len(expected) - unreadable, "unreadable": unreadable,
-        # Readable images a retrieval rule found no evidence for (every neighbour a non-landmark): empty rows.
-        "no_prediction": sum(1 for i in expected if best_lid.get(i, 0) < 0 and i in best_lid),
-        "skipped_names": len(skipped), "seconds": round(seconds, 3),
-        "images_per_second": round((len(best_lid) / seconds) if seconds > 0 else 0.0, 2),
+        # Readable images with no answer: every neighbour a non-landmark, or a non-finite confidence.
+        "no_prediction": sum(1 for i in expected if result.landmark.get(i, 0) < 0 and i in result.landmark),
+        "nonfinite_confidence": result.nonfinite,
+        "skipped_names": len(skipped), "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.rate, 2),
         "retrieval": retr.index is not None, "models": [str(m) for m in models], "model": str(models[0]),
-        "query_block": block, **retr.counts, "notes": notes, "inference": dict(vars(replace(inf))),
+        "query_block": block, **retr.counts, "competition_index": comp_info, "notes": notes,
+        "inference": dict(vars(replace(inf))),
     }
     out.with_name(out.stem + ".predict.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -85,6 +85,26 @@ def load_checked(path, embedder, label_map=None) -> RetrievalIndex:
     return index
 
 
+# The rules that can answer with a landmark the model has no class for: glr2020_1st never reads the classifier,
+# glr2020_3rd gives such a landmark the published 1e-8 in place of a cos θ. ``linear`` scores cos θ: it cannot.
+KEEP_UNKNOWN = ("glr2020_1st", "glr2020_3rd")
+
+
+def extended_labels(landmark_ids: np.ndarray, label_map) -> tuple[np.ndarray, np.ndarray]:
+    """Labels for rows of ``landmark_ids``, the model's classes extended by the landmarks it lacks.
+
+    Returns (labels, every landmark id by label): a known landmark gets its model label 0..C-1, an unknown
+    one C + its rank among the unknown ones, a non-landmark -1.
+    """
+    known = label_map["landmark_id"].to_numpy(np.int64)
+    labels, _ = labels_for(landmark_ids, label_map)
+    extra = np.unique(landmark_ids[(labels < 0) & (landmark_ids >= 0)])
+    missing = (labels < 0) & (landmark_ids >= 0)
+    labels = labels.copy()
+    labels[missing] = len(known) + np.searchsorted(extra, landmark_ids[missing])
+    return labels, np.concatenate([known, extra])
+
+
 class Retrieval:
     """One assembled index (rows, labels, B) and the non-landmark rows, resident on the device.
 
@@ -92,21 +112,30 @@ class Retrieval:
     competition); ``allowed`` restricts predictions to those landmark ids;
     ``own_b`` names parts whose B may be computed here (the competition's rows,
     embedded this run); any other part must bring B from ``embed-index --nonlandmarks``.
+
+    ``landmark_ids[label]`` is the landmark a predicted label stands for: the
+    model's classes, then (glr2020_1st, glr2020_3rd) the index's landmarks the
+    model has no class for, which those rules can still predict. Under
+    ``linear`` such rows are left out of the index (counted in
+    ``index_rows_unknown`` and ``index_rows_dropped``): they could only take
+    neighbour slots.
     """
 
-    def __init__(self, label_map, inference, scale: float, parts: list[RetrievalIndex],
+    def __init__(self, label_map, inference, parts: list[RetrievalIndex],
                  distractors: RetrievalIndex | None = None, allowed: np.ndarray | None = None,
                  own_b: tuple[RetrievalIndex, ...] = ()):
-        self.inf, self.scale = inference, float(scale)
+        self.inf = inference
         self.rule = inference.scoring
+        self.label_map = label_map
+        self.landmark_ids = label_map["landmark_id"].to_numpy(np.int64)
         self.allowed_classes = None
         if allowed is not None:
-            self.allowed_classes = np.isin(label_map["landmark_id"].to_numpy(np.int64), allowed)
-            if not self.allowed_classes.any():
+            self.allowed_classes = np.isin(self.landmark_ids, allowed)
+            if not self.allowed_classes.any() and self.rule not in KEEP_UNKNOWN:
                 raise UserError(f"none of the {len(allowed)} landmarks of the competition's train.csv is among the "
                                 f"model's {len(label_map)} classes: nothing could be predicted")
-        self.counts = {"index_rows": 0, "index_rows_dropped": sum(p.dropped + p.unknown for p in parts),
-                       "index_rows_duplicate": 0, "index_rows_restricted": 0,
+        self.counts = {"index_rows": 0, "index_rows_dropped": sum(p.dropped for p in parts),
+                       "index_rows_unknown": 0, "index_rows_duplicate": 0, "index_rows_restricted": 0,
                        "distractor_rows": len(distractors) if distractors is not None else 0}
         self.dis = DeviceIndex(distractors.matrix) if distractors is not None and len(distractors) else None
         if self.rule != "linear" and not parts:
@@ -132,17 +161,36 @@ class Retrieval:
             later.update(part.ids.tolist())
             keep.append(mask)
         keep.reverse()
+        lids = np.concatenate([p.landmark_ids[m] for p, m in zip(parts, keep, strict=True)])
+        labels, by_label = extended_labels(lids, self.label_map)
+        unknown = labels >= len(self.label_map)
+        self.counts["index_rows_unknown"] = int(unknown.sum())
+        if self.rule in KEEP_UNKNOWN:
+            self.landmark_ids = by_label
+            rows = np.ones(len(labels), bool)
+        else:
+            self.counts["index_rows_dropped"] += int(unknown.sum())
+            rows = ~unknown
+        b = None
         if self.rule == "glr2020_1st":
             for part in parts:
                 self._check_b(part, distractors, part in own_b)
-        pieces = [(p.matrix if m.all() else p.matrix[m]) for p, m in zip(parts, keep, strict=True)]
+            b = np.concatenate([p.b[m] for p, m in zip(parts, keep, strict=True)])[rows]
+        # Which of the kept rows each part gives, in the assembled order: the mask over a part's own rows.
+        starts = np.cumsum([0] + [int(m.sum()) for m in keep])
+        pieces = []
+        for p, m, a, z in zip(parts, keep, starts[:-1], starts[1:], strict=True):
+            mine = m.copy()
+            mine[m] = rows[a:z]
+            pieces.append(p.matrix if mine.all() else p.matrix[mine])
         matrix = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         if not len(matrix):
             raise UserError("the retrieval index is empty after restriction to the competition's landmarks")
-        self.labels = np.concatenate([p.labels[m] for p, m in zip(parts, keep, strict=True)])
-        if self.rule == "glr2020_1st":
-            self.b = np.concatenate([p.b[m] for p, m in zip(parts, keep, strict=True)])
-        self.index = DeviceIndex(matrix)
+        self.labels = labels[rows]
+        if b is not None:
+            # A non-landmark row could only take one of the k slots and vote for nothing: +inf keeps it out.
+            self.b = np.where(self.labels < 0, np.inf, b).astype(np.float32)
+        self.index = DeviceIndex(matrix, penalty=self.b)
         self.counts["index_rows"] = len(self.index)
 
     def _check_b(self, part: RetrievalIndex, distractors: RetrievalIndex, computable: bool) -> None:
@@ -161,12 +209,16 @@ class Retrieval:
                             f"{distractors.path}")
 
     def neighbours(self) -> int:
-        k = self.inf.topk_neighbours
-        return {"linear": k, "glr2020_1st": max(k, scoring.FIRST_KEEP),
-                "glr2020_3rd": scoring.THIRD_NEIGHBOURS}[self.rule]
+        """Rows searched per query: ``topk_neighbours`` for linear; the published 3 (glr2020_1st) and 5
+        (glr2020_3rd) unless ``inference.rule_neighbours`` says otherwise."""
+        if self.rule == "linear":
+            return self.inf.topk_neighbours
+        published = {"glr2020_1st": scoring.FIRST_KEEP, "glr2020_3rd": scoring.THIRD_NEIGHBOURS}[self.rule]
+        return self.inf.rule_neighbours or published
 
     def score(self, cos: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query: the model label predicted (-1: none) and its confidence, under ``inference.scoring``.
+        """Per query: the label predicted (-1: none; look it up in ``landmark_ids``) and its confidence, under
+        ``inference.scoring``.
 
         ``cos`` may be changed in place (restricted classes lowered): it is the caller's scratch block.
         """
@@ -176,10 +228,10 @@ class Retrieval:
             labels = self.labels[rows]
         if self.rule == "glr2020_1st":
             c = mean_top_similarity(emb, self.dis, scoring.FIRST_C_TOP)
-            return scoring.glr2020_1st(sims, labels, self.b[rows], c)
+            return scoring.glr2020_1st(sims, labels, c)
         if self.rule == "glr2020_3rd":
-            # The probability is the classifier's own: a softmax over every class, restricted or not.
-            return scoring.glr2020_3rd(cos, self.scale, sims, labels)
+            return scoring.glr2020_3rd(cos, sims, labels, self.allowed_classes,
+                                       neighbours=self.neighbours())
         if self.allowed_classes is not None:
             # Out of the running (cos θ >= -1 everywhere else), in place: the block is predict's own.
             cos[:, ~self.allowed_classes] = -2.0

@@ -6,21 +6,37 @@ prediction) and the confidence the submission ranks by.
 
 Inputs shared by the rules: ``cos`` float ``[Q, C]``, the (ensemble-averaged)
 classifier cos θ per class; ``sims`` ``[Q, k]``, the cosine similarities of the
-k nearest index rows, best first; ``labels`` ``[Q, k]``, the model label of
-each of those rows (-1: a row that votes for nothing, e.g. a non-landmark).
+k nearest index rows, best first; ``labels`` ``[Q, k]``, the label of each of
+those rows: a model class 0..C-1, a landmark the model has no class for (>= C,
+``retrieval.Retrieval`` numbers them; only the rules that can score one see
+them), or -1, a row that votes for nothing (a non-landmark).
 
 - ``linear`` (ours): each landmark scores (1 - w)·cos θ + w·(1/k)·Σ s_i over
   the neighbours that carry it; the answer is the best landmark.
   ``nonlandmark_penalty`` then lowers the confidence by λ·max(0, d - r).
-- ``glr2020_1st`` (GLR2020 1st place, Henkel & Singer): each neighbour counts
-  clamp(s_i, 0, 1) - B_i, where B_i is that index row's mean top-5 similarity to
-  a set of non-landmark images; the 3 best adjusted neighbours are summed per
-  landmark; the best landmark's sum minus C, the query's mean top-10
-  similarity to the non-landmarks, is the confidence. The classifier is not used.
-- ``glr2020_3rd`` (GLR2020 3rd place): each landmark scores Σ s_i⁹ · p¹⁰
-  over those of the top-5 neighbours that carry it, where p is the
-  classifier's probability of that landmark for the query: the softmax of its
-  logits s·cos θ over every class (s: the model's ArcFace scale).
+- ``glr2020_1st`` (GLR2020 1st place, Henkel & Singer; ``notebooks/blend_ranking.ipynb`` of
+  github.com/psinger/kaggle-landmark-recognition-2020-1st-place): every index row's similarity is
+  clamp(s, 0, 1) - B, B being that row's mean top-5 similarity to a set of non-landmark images, and the k
+  (3) best rows by that adjusted similarity are kept; B is subtracted inside the device search, before the
+  top-k (``search.DeviceIndex`` with ``penalty``), which is how a distinctive row climbs past a generic one.
+  The kept rows' adjusted similarities are summed per landmark; the best landmark's sum minus C, the
+  query's mean top-10 similarity to the non-landmarks, is the confidence. The classifier is not used.
+- ``glr2020_3rd`` (GLR2020 3rd place; ``landmark-recognition-2020-third-place-submission.ipynb`` of
+  github.com/haqishen/Google-Landmark-Recognition-2020-3rd-Place-Solution): the classifier's 5 best
+  classes with their cos θ (the ensemble's mean sub-center cosine: no scale, no softmax), classes outside
+  the scoring run's ``train.csv`` pushed down by 1 first, form a dictionary; each landmark scores
+  Σ s⁹ · d(landmark)¹⁰ over those of the top-5 neighbours that carry it, where d is its cos θ in the
+  dictionary and 1e-8 for any class not in it (a landmark the model has no class for included).
+
+Deliberate deviations from the published code (each is a property of this package, not an oversight):
+the 1st place searched each model's 512-d embedding on its own (3 rows per model, summed over the 5
+models) after a QuantileTransformer fitted on their validation embeddings; here one search over the
+ensemble's concatenated unit embeddings keeps k rows, and there is no quantile transform (it has to be
+fitted on held-out embeddings the scoring run does not have). With one model and no transform the rule
+is the published one. The 3rd place's gallery similarities carry a constant factor (its gallery vectors
+were not re-normalised after concatenating 9 unit vectors: 3·cos), which scales every score by 3⁹ and
+changes no ranking; here s is the plain cosine. Its powers ran in float32; here in float64, so factors
+below float32's range (1e-8¹⁰ = 1e-80) stay ordered.
 """
 
 from __future__ import annotations
@@ -32,10 +48,16 @@ RULES = ("linear", "glr2020_1st", "glr2020_3rd")
 FIRST_B_TOP = 5
 FIRST_C_TOP = 10
 FIRST_KEEP = 3
-# GLR2020 3rd place: the top-5 neighbours, similarity to the 9th power, probability to the 10th.
+# GLR2020 3rd place: the top-5 neighbours and the top-5 classes, similarity to the 9th power, cos θ to the 10th,
+# 1e-8 for a class outside the top 5; classes outside the scoring run's train.csv lowered by 1 before the top 5.
 THIRD_NEIGHBOURS = 5
+THIRD_CLASSES = 5
 THIRD_SIM_POWER = 9
-THIRD_PROB_POWER = 10
+THIRD_COS_POWER = 10
+THIRD_DEFAULT = 1e-8
+THIRD_PUSH_DOWN = 1.0
+# Rows of cos θ handled at once when taking the top classes: a [512, 81,313] float32 copy is 166 MB.
+CHUNK_ROWS = 512
 
 
 def _same_label_sums(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -111,47 +133,57 @@ def nonlandmark_penalty(distractor_sims: np.ndarray, weight: float,
     return weight * np.maximum(d - reference, 0.0)
 
 
-def glr2020_1st(sims: np.ndarray, labels: np.ndarray, b: np.ndarray, c: np.ndarray,
-                keep: int = FIRST_KEEP) -> tuple[np.ndarray, np.ndarray]:
-    """GLR2020 1st place: Σ over the ``keep`` best (clamp(s, 0, 1) - B) per landmark, minus C.
+def glr2020_1st(adjusted: np.ndarray, labels: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GLR2020 1st place: Σ per landmark of the kept rows' clamp(s, 0, 1) - B, the best landmark's sum minus C.
 
-    ``b`` ``[Q, k]`` is each neighbour row's B, ``c`` ``[Q]`` each query's C.
-    Neighbours are re-ranked by their adjusted similarity before the ``keep``
-    best are taken; a neighbour with label -1 is never kept.
+    ``adjusted`` ``[Q, k]``: the k rows the search kept by clamp(s, 0, 1) - B and those values (B is
+    subtracted before the top-k: ``search.DeviceIndex(rows, penalty=B)``); a -inf slot (fewer rows than k)
+    and a -1 label vote for nothing. ``c`` ``[Q]``: each query's C.
     """
-    sims = np.asarray(sims, np.float64)
-    labels = np.asarray(labels, np.int64)
-    adj = np.where(labels >= 0, np.clip(sims, 0.0, 1.0) - np.asarray(b, np.float64), -np.inf)
-    order = np.argsort(-adj, axis=1, kind="stable")[:, :keep]
-    adj = np.take_along_axis(adj, order, axis=1)
-    kept = np.where(np.isfinite(adj), np.take_along_axis(labels, order, axis=1), -1)
-    label, total = _best_slot(_same_label_sums(adj, kept), kept)
+    adjusted = np.asarray(adjusted, np.float64)
+    labels = np.where(np.isfinite(adjusted), np.asarray(labels, np.int64), -1)
+    label, total = _best_slot(_same_label_sums(adjusted, labels), labels)
     return label, np.where(label >= 0, total - np.asarray(c, np.float64), 0.0)
 
 
-def log_softmax_at(cos: np.ndarray, scale: float, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """log p(label) under softmax(scale · cos θ) over every class, for each ``labels[q, j]`` (-inf for -1).
+def top_classes(cos: np.ndarray, top: int, allowed: np.ndarray | None = None,
+                push_down: float = THIRD_PUSH_DOWN, chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``top`` classes by cos θ, with classes outside ``allowed`` (bool ``[C]``) lowered by
+    ``push_down`` first: (classes int64 ``[Q, top]``, their lowered cos θ float64), best first.
 
-    The log-sum-exp runs over row chunks in the input's precision (its terms are at most 1 after subtracting
-    the peak), so a [Q, C] block is never widened or copied whole; the result is float64.
+    ``cos`` is left as it is: each chunk of rows is lowered in a copy (the caller's [Q, C] block can be 1 GiB).
     """
-    lse = np.empty(len(cos), np.float64)
-    for a in range(0, len(cos), chunk):
-        logits = scale * cos[a:a + chunk]
-        peak = logits.max(axis=1, keepdims=True)
-        lse[a:a + chunk] = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1, dtype=np.float64))
-    at = scale * np.take_along_axis(cos, np.maximum(labels, 0), axis=1).astype(np.float64) - lse[:, None]
-    return np.where(labels >= 0, at, -np.inf)
+    q, n = cos.shape
+    top = min(int(top), n)
+    classes = np.empty((q, top), np.int64)
+    values = np.empty((q, top), np.float64)
+    for a in range(0, q, chunk):
+        block = np.array(cos[a:a + chunk], np.float32)
+        if allowed is not None:
+            block[:, ~allowed] -= np.float32(push_down)
+        if top < n:
+            part = np.argpartition(-block, top - 1, axis=1)[:, :top]
+        else:
+            part = np.tile(np.arange(n), (len(block), 1))
+        vals = np.take_along_axis(block, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        classes[a:a + chunk] = np.take_along_axis(part, order, axis=1)
+        values[a:a + chunk] = np.take_along_axis(vals, order, axis=1)
+    return classes, values
 
 
-def glr2020_3rd(cos: np.ndarray, scale: float, sims: np.ndarray, labels: np.ndarray,
-                neighbours: int = THIRD_NEIGHBOURS, sim_power: int = THIRD_SIM_POWER,
-                prob_power: int = THIRD_PROB_POWER) -> tuple[np.ndarray, np.ndarray]:
-    """GLR2020 3rd place: Σ over the top ``neighbours`` carrying a landmark of s⁹ · p(landmark)¹⁰.
+def glr2020_3rd(cos: np.ndarray, sims: np.ndarray, labels: np.ndarray, allowed: np.ndarray | None = None, *,
+                neighbours: int = THIRD_NEIGHBOURS, classes: int = THIRD_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """GLR2020 3rd place: Σ s⁹ · d(landmark)¹⁰ per landmark over the top ``neighbours`` rows that carry it.
 
-    In float64: p¹⁰ of a probability near 1/81,313 is about 1e-49, below float32's range.
+    d is the landmark's cos θ when it is among the query's ``classes`` best classes (classes outside
+    ``allowed``, the scoring run's train.csv, lowered by 1 first), else 1e-8. Powers in float64: 1e-8¹⁰ is
+    below float32's range.
     """
     sims = np.asarray(sims, np.float64)[:, :neighbours]
     labels = np.asarray(labels, np.int64)[:, :neighbours]
-    contrib = sims ** sim_power * np.exp(prob_power * log_softmax_at(cos, scale, labels))
+    top, vals = top_classes(cos, classes, allowed)
+    hit = labels[:, :, None] == top[:, None, :]
+    d = np.where(hit.any(axis=2), np.where(hit, vals[:, None, :], 0.0).sum(axis=2), THIRD_DEFAULT)
+    contrib = sims ** THIRD_SIM_POWER * d ** THIRD_COS_POWER
     return _best_slot(_same_label_sums(contrib, labels), labels)

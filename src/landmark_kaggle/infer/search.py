@@ -9,6 +9,11 @@ each sub-block's best k merged into running top-k tensors that stay on the
 device until the end. Only the final ``[Q, k]`` similarities and row numbers
 come back to the host.
 
+With ``penalty`` (float ``[N]``, B of the GLR2020 1st-place rule), every
+similarity s becomes clamp(s, 0, 1) - penalty[row] before the top-k of each
+block: one more vector operation per block, so B decides which rows are kept
+(``scoring.glr2020_1st``), not only how the kept ones count.
+
 Why float16 storage but float32 arithmetic: on this CPU TensorFlow's float16
 matmul is about 3x slower than float32 while widening a 65,536-row block costs
 next to nothing (``benchmarks/predict.py``), and on a GPU the float32 matmul
@@ -90,10 +95,13 @@ class DeviceIndex:
     """Unit rows resident on one device for repeated exact top-k search.
 
     ``rows`` float16 or float32 ``[N, D]``; they are copied to the device once
-    (as float16) and the host copy may be dropped afterwards.
+    (as float16) and the host copy may be dropped afterwards. ``penalty``
+    (float ``[N]``): every search ranks and returns clamp(s, 0, 1) - penalty[row]
+    instead of s; +inf keeps a row out of every answer.
     """
 
-    def __init__(self, rows: np.ndarray, device: str | None = None, row_block: int = ROW_BLOCK):
+    def __init__(self, rows: np.ndarray, device: str | None = None, row_block: int = ROW_BLOCK,
+                 penalty: np.ndarray | None = None):
         import tensorflow as tf
 
         rows = np.asarray(rows)
@@ -106,6 +114,12 @@ class DeviceIndex:
         with tf.device(self.device):
             # identity moves the host constant onto the device (a no-op on the CPU).
             self.rows = tf.identity(tf.constant(rows.astype(np.float16, copy=False)))
+            self.penalty = None
+            if penalty is not None:
+                penalty = np.asarray(penalty, np.float32)
+                if penalty.shape != (len(rows),):
+                    raise ValueError(f"penalty of shape {penalty.shape} for {len(rows)} index rows")
+                self.penalty = tf.identity(tf.constant(penalty))
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -121,7 +135,10 @@ class DeviceIndex:
 
     def search(self, queries: np.ndarray, k: int, *, query_block: int | None = None,
                budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k cosine similarity of each query against every row, best first: (sims float32, rows int64)."""
+        """Top-k cosine similarity of each query against every row, best first: (sims float32, rows int64).
+
+        With a ``penalty`` the similarities are clamp(s, 0, 1) - penalty[row], ranked as such.
+        """
         import tensorflow as tf
 
         q, n = len(queries), len(self)
@@ -146,7 +163,10 @@ class DeviceIndex:
                 block = tf.cast(self.rows[start:start + self.row_block], tf.float32)
                 kb = min(k, int(block.shape[0]))
                 for j, part in enumerate(parts):
-                    s, i = tf.math.top_k(tf.matmul(part, block, transpose_b=True), kb)
+                    scores = tf.matmul(part, block, transpose_b=True)
+                    if self.penalty is not None:
+                        scores = tf.clip_by_value(scores, 0.0, 1.0) - self.penalty[None, start:start + self.row_block]
+                    s, i = tf.math.top_k(scores, kb)
                     i = tf.cast(i, tf.int64) + start
                     if best_s[j] is not None:
                         both = tf.concat([best_s[j], s], axis=1)
