@@ -33,6 +33,15 @@ row on every GPU):
     python benchmarks/train.py --backends --backbone EfficientNetV2S --image-size 384 --batch 64 --steps 50 \
         --tf-precision mixed_float16 --jax-precision mixed_bfloat16 --jax-devices gpu
 
+``--feed``: how the TPU is fed, on 8 JAX host devices (a v5e-8 stand-in) in one
+process, side by side: float32 images and a step-end callback that reads the
+logs every step (the trainer before issue 21), then uint8 images, then uint8
+with ``steps_per_execution`` steps per compiled call (logs read once a call).
+Prints steps/s, input bytes sent to the devices per step and host syncs per
+step (computed from the settings: a CPU has no host-device link to measure).
+
+    python benchmarks/train.py --feed [--backbone MobileNetV3Small] [--image-size 64] [--batch 64] [--steps 16]
+
 On a Kaggle TPU VM (TensorFlow cannot reach the TPU there: JAX only, all 8 cores):
 
     python benchmarks/train.py --backends --only jax --backbone EfficientNetV2S --image-size 384 --batch 128 \
@@ -137,7 +146,8 @@ def measure(args) -> dict:
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True).cache().repeat()
     keras.utils.set_random_seed(0)
     with rt.scope():
-        model = build_model(cfg, args.classes)
+        with rt.policy():
+            model = build_model(cfg, args.classes)
         compile_model(model, cfg, steps_per_epoch=args.steps, jit_compile=rt.jit_compile)
         t0 = time.perf_counter()
         model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # traces and compiles
@@ -147,6 +157,72 @@ def measure(args) -> dict:
         rate = args.steps / (time.perf_counter() - t0)
     return {"backend": rt.backend, "devices": f"{rt.kind}:{rt.replicas}", "precision": rt.precision,
             "first_two_steps_s": round(first, 2), "steps_per_s": round(rate, 4)}
+
+
+def feed(args) -> None:
+    """The ``--feed`` rows, in this process (JAX on ``--jax-devices``, default 8 host devices)."""
+    from landmark_kaggle.train.backend import choose_backend
+
+    devices = args.jax_devices if args.jax_devices != "cpu:1,cpu:2" else "cpu:8"
+    cfg = config_from_dict({}, [f"data.image_size={args.image_size}", f"model.backbone={args.backbone}",
+                                "optim.warmup_epochs=0", "runtime.backend=jax", f"runtime.devices={devices}",
+                                f"runtime.precision={args.jax_precision}"])
+    choose_backend(cfg.runtime, announce=False)
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.distribute import setup_runtime
+    from landmark_kaggle.train.optim import compile_model
+
+    r = cfg.runtime
+    rt = setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend)
+    rng = np.random.default_rng(0)
+    n = 4 * args.batch
+    x = rng.integers(0, 256, (n, args.image_size, args.image_size, 3), dtype=np.uint8)
+    y = rng.integers(0, args.classes, n)
+
+    class ReadLogs(keras.callbacks.Callback):
+        """What the trainer's step-end callback does: bring the loss to the host at each call's end."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.calls += 1
+            float(logs["loss"])
+
+    rows = []
+    for name, dtype, per_call in (("float32 feed, 1 step a call", "float32", 1),
+                                  ("uint8 feed, 1 step a call", "uint8", 1),
+                                  (f"uint8 feed, {args.per_call} steps a call", "uint8", args.per_call)):
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True)
+        if dtype == "float32":
+            ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+        ds = ds.cache().repeat().prefetch(2)
+        keras.utils.set_random_seed(0)
+        with rt.scope():
+            with rt.policy():
+                model = build_model(cfg, args.classes)
+            compile_model(model, cfg, steps_per_epoch=args.steps, jit_compile=rt.jit_compile,
+                          steps_per_execution=per_call)
+            reader = ReadLogs()
+            t0 = time.perf_counter()
+            model.fit(ds, epochs=1, steps_per_epoch=2 * per_call, verbose=0)  # traces and compiles
+            first = time.perf_counter() - t0
+            reader.calls = 0
+            t0 = time.perf_counter()
+            model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0, callbacks=[reader])
+            rate = args.steps / (time.perf_counter() - t0)
+        rows.append((name, first, rate, args.batch * args.image_size ** 2 * 3 * (4 if dtype == "float32" else 1),
+                     reader.calls / args.steps))
+    print(f"{args.backbone}, {args.image_size} px, global batch {args.batch} over {rt.replicas} {rt.kind} device(s), "
+          f"{rt.precision}, {args.steps} timed steps on the same 4 cached batches")
+    print(f"{'feed':<28} {'compile':>8} {'steps/s':>8} {'MB in/step':>10} {'syncs/step':>10} {'vs first':>8}")
+    for name, first, rate, nbytes, syncs in rows:
+        print(f"{name:<28} {first:>7.1f}s {rate:>8.3f} {nbytes / 1e6:>10.2f} {syncs:>10.3f} {rate / rows[0][2]:>8.2f}")
 
 
 def backends(args) -> None:
@@ -196,6 +272,8 @@ def main() -> None:
     ap.add_argument("--jax-precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--jax-devices", default="cpu:1,cpu:2",
                     help="--backends: one JAX row per runtime.devices value (cpu:N, gpu, tpu), comma-separated")
+    ap.add_argument("--feed", action="store_true", help="TPU feeding: float32 vs uint8 images, steps per call")
+    ap.add_argument("--per-call", type=int, default=8, help="--feed: steps_per_execution of the last row")
     ap.add_argument("--measure", choices=("tensorflow", "jax"), help=argparse.SUPPRESS)
     ap.add_argument("--devices", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--row-precision", default="auto", help=argparse.SUPPRESS)
@@ -204,6 +282,8 @@ def main() -> None:
         print(json.dumps(measure(args)))
     elif args.backends:
         backends(args)
+    elif args.feed:
+        feed(args)
     else:
         feed_check(args)
 

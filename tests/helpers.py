@@ -323,12 +323,11 @@ def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
     return out
 
 
-def run_kernel(name: str, inp: Path, working: Path, rendered: Path, *, python=sys.executable,
-               settings: list[str] = (), timeout: int = 900) -> subprocess.CompletedProcess:
-    """Render kernel ``name`` as ``kernels push`` sends it and run it as Kaggle would: cwd = the working root,
-    the roots moved by the environment, no package index, none of this checkout on the path.
-
-    ``settings`` go to the kernel's command as ``--set`` through LANDMARK_KAGGLE_ARGS (kernels/prelude.py).
+def kernel_process(name: str, inp: Path, working: Path, rendered: Path, *, python=sys.executable,
+                   settings: list[str] = ()) -> tuple[list[str], dict, Path]:
+    """(command, environment, cwd) that run kernel ``name`` as ``kernels push`` sends it, as Kaggle would:
+    cwd = the working root, the roots moved by the environment, no package index, none of this checkout on the
+    path. ``settings`` go to the kernel's command as ``--set`` through LANDMARK_KAGGLE_ARGS (kernels/prelude.py).
     """
     from landmark_kaggle.kaggle import kernels
     from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
@@ -342,8 +341,14 @@ def run_kernel(name: str, inp: Path, working: Path, rendered: Path, *, python=sy
                 "TF_CPP_MIN_LOG_LEVEL": "2"})
     if settings:
         env["LANDMARK_KAGGLE_ARGS"] = shlex.join(a for s in settings for a in ("--set", s))
-    return subprocess.run([str(python), str(script)], cwd=working, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return [str(python), str(script)], env, working
+
+
+def run_kernel(name: str, inp: Path, working: Path, rendered: Path, *, python=sys.executable,
+               settings: list[str] = (), timeout: int = 900) -> subprocess.CompletedProcess:
+    """Render kernel ``name`` and run it to the end (``kernel_process``)."""
+    cmd, env, cwd = kernel_process(name, inp, working, rendered, python=python, settings=settings)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------

@@ -19,7 +19,15 @@ import pytest
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.train.distribute import get_strategy, global_batch, resolve_precision, setup_runtime
+from landmark_kaggle.train.distribute import (
+    auto_precision,
+    get_strategy,
+    global_batch,
+    resolve_precision,
+    setup_runtime,
+    strategy_kind,
+    use_xla,
+)
 
 # AdamW's epsilon raised so a near-zero gradient's round-off is not turned into a full step (config.py).
 SMALL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "model.dropout=0", "optim.warmup_epochs=0",
@@ -65,11 +73,46 @@ def test_auto_picks_the_default_strategy_and_float32_on_this_cpu(monkeypatch):
         get_strategy("auto")
 
 
+def test_precision_xla_and_strategy_follow_the_device_facts():
+    # precision=auto: bf16 on TPUs and on GPUs of compute capability >= 8.0, float16 (+ loss scaling) below.
+    assert auto_precision("tpu") == "mixed_bfloat16"
+    assert auto_precision("gpu", [(7, 5), (7, 5)]) == "mixed_float16"  # Kaggle's T4 x2
+    assert auto_precision("gpu", [(8, 0)]) == "mixed_bfloat16"  # A100
+    assert auto_precision("gpu", [(8, 9)]) == "mixed_bfloat16" and auto_precision("gpu", [(9, 0)]) == "mixed_bfloat16"
+    assert auto_precision("gpu", [(8, 6), (7, 5)]) == "mixed_float16"  # the slowest card decides
+    assert auto_precision("gpu", []) == "mixed_float16"  # capability unknown: the precision every GPU runs
+    assert auto_precision("cpu") == "float32"
+    assert resolve_precision("auto", "gpu", [(9, 0)]) == "mixed_bfloat16"
+    assert resolve_precision("float32", "gpu", [(9, 0)]) == "float32"
+    # XLA: on for GPUs and TPUs under TensorFlow, always under JAX, off for TensorFlow on the CPU.
+    assert use_xla("tensorflow", "gpu") and use_xla("tensorflow", "tpu")
+    assert use_xla("jax", "cpu") and use_xla("jax", "gpu") and not use_xla("tensorflow", "cpu")
+    # Both T4s of "GPU T4 x2": MirroredStrategy; one GPU: the default strategy on it.
+    assert strategy_kind("auto", tpu=False, cluster=False, gpus=2) == "mirrored"
+    assert strategy_kind("auto", tpu=False, cluster=False, gpus=1) == "gpu"
+    assert strategy_kind("auto", tpu=False, cluster=False, gpus=0) == "cpu"
+    assert strategy_kind("auto", tpu=True, cluster=False, gpus=0) == "tpu"
+    assert strategy_kind("auto", tpu=False, cluster=True, gpus=2) == "multiworker"
+    with pytest.raises(UserError, match="no TPU"):
+        strategy_kind("tpu", tpu=False, cluster=False, gpus=2)
+
+
+def test_this_cpu_runtime_compiles_without_xla_and_a_required_accelerator_is_refused(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    try:
+        rt = setup_runtime("auto", "auto")
+        assert (rt.platform, rt.precision, rt.jit_compile) == ("cpu", "float32", False)
+        with pytest.raises(UserError, match="no TPU or GPU found"):
+            setup_runtime("auto", "auto", require_accelerator=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_global_batch_and_learning_rate_scale_with_replicas():
     cfg = config_from_dict({}, ["train.batch_size=16"])
     assert global_batch(cfg, 8) == (16, 1.0)
     scaled = config_from_dict({}, ["train.batch_size=16", "train.scale_batch_with_replicas=true"])
-    assert global_batch(scaled, 8) == (128, 8.0)
+    assert global_batch(scaled, 8) == (128, pytest.approx(8 ** 0.5))  # the square-root rule (AdamW)
     with pytest.raises(UserError, match="split evenly"):
         global_batch(config_from_dict({}, ["train.batch_size=6"]), 4)
 

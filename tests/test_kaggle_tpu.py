@@ -5,9 +5,10 @@ keras and jax CPU wheels) runs ``kernels/train/train.py`` as ``kernels push``
 sends it, with our wheel installed ``--no-deps`` by the prelude, on a Kaggle-like
 input tree: the wheel dataset, the shard dataset in the newer
 ``datasets/<owner>/<slug>`` layout, a backbone weights file as a Kaggle Model
-and a decoy ``.h5``. The kernel asks for a TPU; ``runtime.devices=cpu:8``
-(passed the documented way, ``LANDMARK_KAGGLE_ARGS``) lets 8 JAX host devices
-stand in for it. Version 2 finds version 1's output among its inputs, copies
+and a decoy ``.h5``. The kernel takes the accelerator it finds and refuses the
+CPU; ``runtime.strategy=tpu`` with ``runtime.devices=cpu:8`` (passed the
+documented way, ``LANDMARK_KAGGLE_ARGS``) lets 8 JAX host devices stand in for
+the TPU, in bfloat16 as on one. Version 2 finds version 1's output among its inputs, copies
 the checkpoint in and resumes; the model folder it writes goes through the
 offline submission kernel and ``score``.
 """
@@ -22,9 +23,10 @@ from helpers import run_kernel, score_json, standin_python
 from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.paths import COMPETITION
 
+# The kernel names no strategy (the hardware decides); the stand-in asks for the TPU the documented way.
 REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.batch_size=16",
-             "train.steps_per_epoch=2", "optim.warmup_epochs=0", "data.deterministic=true", "data.shuffle_buffer=64",
-             "runtime.devices=cpu:8"]
+             "train.scale_batch_with_replicas=false", "train.steps_per_epoch=2", "optim.warmup_epochs=0",
+             "data.shuffle_buffer=64", "runtime.strategy=tpu", "runtime.devices=cpu:8"]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,9 @@ def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_ke
     def version(working, settings):
         return run_kernel("train", inp, working, tmp_path / "rendered", python=tpu_python, settings=settings)
 
-    # Asked for a TPU with none there, the kernel stops at once and trains nothing on the CPU.
+    # With no accelerator there, the kernel stops at once and trains nothing on the CPU.
     no_tpu = version(tmp_path / "w0", ["data.image_size=32"])
-    assert no_tpu.returncode == 2 and "no TPU" in no_tpu.stderr and "Traceback" not in no_tpu.stderr
+    assert no_tpu.returncode == 2 and "no TPU or GPU found" in no_tpu.stderr and "Traceback" not in no_tpu.stderr
     assert not (tmp_path / "w0" / "model").exists()
 
     v1 = version(tmp_path / "w1", [*REHEARSAL, "train.epochs=1"])
@@ -72,6 +74,9 @@ def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_ke
     model1 = tmp_path / "w1" / "model"
     saved1 = json.loads((model1 / "config.json").read_text())
     assert (saved1["backend"], saved1["replicas"], saved1["global_step"]) == ("jax", 8, 2)
+    # precision=auto on the TPU (stand-in): bf16, read back from the built network.
+    assert (saved1["precision"], saved1["compute_dtype"], saved1["loss_scaling"]) == ("mixed_bfloat16", "bfloat16",
+                                                                                      False)
     assert saved1["model"]["weights"] == str(weights)
 
     # Version 2: Kaggle mounts version 1's output (its whole working folder) among the inputs.

@@ -74,7 +74,7 @@ def test_train_estimate_command_prints_the_classifier_size(capsys):
                  "--replicas", "8", "--set", "data.image_size=384", "--set", "model.backbone=EfficientNetV2B0"]) == 0
     out = capsys.readouterr().out
     assert "104,080,640 parameters (81,313 classes) = 416 MB fp32" in out
-    assert "per replica at batch 16, 384 px" in out and "TPU v3 core" in out and "GPU, 16 GB" in out
+    assert "per replica at batch 16, 384 px" in out and "TPU v5e core, 16 GiB" in out and "T4, 15 GiB" in out
 
 
 @pytest.fixture(scope="module")

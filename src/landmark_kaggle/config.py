@@ -64,6 +64,7 @@ BACKENDS = ("auto", "tensorflow", "jax")
 # runtime.devices: which devices JAX trains on; "cpu:N" splits the host into N devices (a stand-in for an N-core TPU).
 DEVICE_KINDS = ("auto", "tpu", "gpu", "cpu")
 INFERENCE_PRECISIONS = ("float32", "float16", "bfloat16")
+LR_SCALING = ("sqrt", "linear")
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,13 @@ class OptimConfig:
 
     learning_rate: float = 1e-3
     scale_lr_with_replicas: bool = True
-    weight_decay: float = 1e-5
-    warmup_epochs: int = 1
+    # How the rate follows a global batch larger than train.batch_size: sqrt (the square-root rule for Adam-type
+    # optimizers) or linear (the rule for SGD).
+    lr_scaling: str = "sqrt"
+    # Decoupled (AdamW) decay: each step multiplies a decayed weight by 1 - learning_rate * weight_decay.
+    # Biases, normalisation parameters and the ArcFace class centres are not decayed (optim.py).
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # counted in optimizer steps; a fraction of an epoch is allowed
     sustain_epochs: int = 0
     decay: str = "exponential"  # exponential | cosine
     decay_rate: float = 0.8
@@ -107,6 +113,11 @@ class RuntimeConfig:
     devices: str = "auto"  # JAX only: auto | tpu | gpu | cpu | cpu:N
     strategy: str = "auto"  # see STRATEGIES
     precision: str = "auto"  # see PRECISIONS
+    # Train steps run per call into the compiled function (Keras steps_per_execution); 0: auto, 1 except on a
+    # TPU. Callbacks then see every N-th batch end, so checkpoints and time checks happen at those steps.
+    steps_per_execution: int = 0
+    # Refuse to train on the CPU: a Kaggle kernel given no accelerator stops at once instead of crawling.
+    require_accelerator: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,7 @@ class Config:
             ("optim.learning_rate", self.optim.learning_rate > 0, "must be > 0"),
             ("optim.weight_decay", self.optim.weight_decay >= 0, "must be >= 0"),
             ("optim.warmup_epochs", self.optim.warmup_epochs >= 0, "must be >= 0"),
+            ("optim.lr_scaling", self.optim.lr_scaling in LR_SCALING, f"must be one of {', '.join(LR_SCALING)}"),
             ("optim.sustain_epochs", self.optim.sustain_epochs >= 0, "must be >= 0"),
             ("optim.decay", self.optim.decay in ("exponential", "cosine"), "must be 'exponential' or 'cosine'"),
             ("optim.decay_rate", 0 < self.optim.decay_rate <= 1, "must be in (0, 1]"),
@@ -207,6 +219,7 @@ class Config:
              f"must be one of {', '.join(DEVICE_KINDS)} or cpu:N (N host devices, N >= 1)"),
             ("runtime.strategy", self.runtime.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
             ("runtime.precision", self.runtime.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+            ("runtime.steps_per_execution", self.runtime.steps_per_execution >= 0, "must be >= 0 (0: auto)"),
             ("session.checkpoint_every_steps", self.session.checkpoint_every_steps >= 0, "must be >= 0"),
             ("embeddings.class_sample", 0 <= self.embeddings.class_sample <= 1, "must be in [0, 1] (0: auto)"),
             ("inference.batch_size", self.inference.batch_size >= 1, "must be >= 1"),

@@ -4,7 +4,8 @@ Decoder and parser are split (tf-models official/vision): ``records.parse_exampl
 reads the schema, ``decode_image`` turns JPEG bytes into pixels, and then either
 ``train_transform`` (random resized crop, flip, colour) or ``eval_transform``
 (resize the short side, centre crop) makes the ``[S, S, 3]`` float32 input in
-0..255. ``eval_transform`` is exactly what inference uses.
+0..255; the training stream rounds it to uint8 for the trip to the devices.
+``eval_transform`` is exactly what inference uses.
 
 Training randomness is stateless and keyed by the example's position in the
 stream, so a run resumed at step N (``start_step``) sees the very batches an
@@ -169,10 +170,13 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 
 def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, training: bool, seed: int = 0,
-                  start_step: int = 0, with_ids: bool = False, pad_to_batch: bool = False) -> tf.data.Dataset:
-    """Batches of ``(images float32 [B,S,S,3], labels int64 [B])`` (plus ids with ``with_ids``).
+                  start_step: int = 0, with_ids: bool = False, pad_to_batch: bool = False,
+                  feed_dtype: str = "uint8") -> tf.data.Dataset:
+    """Batches of ``(images [B,S,S,3], labels int64 [B])`` (plus ids with ``with_ids``), pixels in 0..255.
 
-    ``training``: an endless shuffled, augmented stream with full batches;
+    ``training``: an endless shuffled, augmented stream with full batches, its
+    images rounded to ``feed_dtype`` (uint8: a quarter of float32's bytes on the
+    way to the devices; the model casts them to float and rescales them itself);
     ``start_step`` skips that many batches of it, cheaply (before decoding).
     Otherwise: one ordered pass through the eval path, the last batch partial,
     unless ``pad_to_batch``: then the pass is topped up to whole batches with
@@ -203,6 +207,8 @@ def build_dataset(data: DataDirs, split: str, data_cfg, batch_size: int, *, trai
         def prepare(index, serialized):
             ex = records.parse_example(serialized)
             image = train_transform(decode_image(ex["image"]), data_cfg, tf.stack([tf.cast(seed, tf.int64), index]))
+            if feed_dtype == "uint8":
+                image = tf.cast(tf.round(image), tf.uint8)
             return image, ex["label"], ex["id"]
     else:
         def prepare(serialized):

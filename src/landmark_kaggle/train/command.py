@@ -82,7 +82,8 @@ def run(args) -> int:
     from landmark_kaggle.train.distribute import setup_runtime
 
     r = cfg.runtime
-    runtime = setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=True)  # fails fast
+    runtime = setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=True,
+                            require_accelerator=r.require_accelerator)  # fails fast
     data, out, resume = args.data, args.out, args.resume
     if args.kaggle:
         from landmark_kaggle.config import config_from_dict

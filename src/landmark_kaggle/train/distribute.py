@@ -17,8 +17,14 @@ over the global batch, so N devices compute what one device would. ``tpu``
 fails at once when JAX sees no TPU, unless ``runtime.devices=cpu:N`` says the
 host devices stand in for it.
 
-Precision ``auto`` is bf16 on TPU, fp16 on GPU (Keras then wraps the optimizer
-in a LossScaleOptimizer) and float32 on CPU, where mixed precision is far slower.
+Precision ``auto`` (``auto_precision``, from the device facts): bfloat16 on a
+TPU and on GPUs of compute capability 8.0 or more (A100, L4, H100: fast bf16,
+no loss scaling needed); float16 on older GPUs (Kaggle's T4, 7.5), where Keras
+wraps the optimizer in a LossScaleOptimizer; float32 on the CPU, where mixed
+precision is far slower. XLA (``use_xla``) is on under JAX and for TensorFlow on
+GPUs and TPUs, off for TensorFlow on the CPU. The policy is applied where the
+network is built (``Runtime.policy()``), so nothing that resets Keras's global
+state in between (``keras.backend.clear_session``) can drop it.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Runtime:
     distribution: Any = None  # keras.distribution.DataParallel under JAX with several devices
     devices: list[str] = field(default_factory=list)
     note: str = ""  # e.g. "8 host devices stand in for the TPU"
+    platform: str = "cpu"  # tpu | gpu | cpu: what the steps run on (a stand-in's host devices count as tpu)
 
     @property
     def is_chief(self) -> bool:
@@ -62,8 +69,13 @@ class Runtime:
 
     @property
     def jit_compile(self) -> bool:
-        # Keras on JAX without jit runs op by op; TensorFlow's XLA stays off on the CPU (DESIGN.md).
-        return self.backend == "jax"
+        return use_xla(self.backend, self.platform)
+
+    def policy(self):
+        """The precision, set as Keras's global dtype policy for the block: build the network inside it."""
+        from landmark_kaggle.model.network import dtype_policy
+
+        return dtype_policy(self.precision)
 
     def scope(self):
         """Build, compile and fit inside this."""
@@ -164,29 +176,45 @@ def _tf_config_has_cluster() -> bool:
     return bool(cfg.get("cluster"))
 
 
+def strategy_kind(name: str, *, tpu: bool, cluster: bool, gpus: int) -> str:
+    """The tf.distribute strategy ``--strategy name`` takes, from the facts: a TPU answered, TF_CONFIG names a
+    cluster, the GPU count. ``auto``: the TPU, else the cluster, else MirroredStrategy over several GPUs (Kaggle's
+    T4 ×2), else the one device."""
+    if name not in STRATEGIES:
+        raise UserError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    if name in ("auto", "tpu") and tpu:
+        return "tpu"
+    if name == "tpu":
+        raise UserError("--strategy tpu: no TPU found (on Kaggle, choose the TPU accelerator; Kaggle's TPU VM "
+                        "image reaches it through JAX: runtime.backend=jax)")
+    if name == "multiworker" or (name == "auto" and cluster):
+        if not cluster:
+            raise UserError("--strategy multiworker needs TF_CONFIG with a cluster and this worker's task")
+        return "multiworker"
+    if name == "mirrored" or (name == "auto" and gpus > 1):
+        return "mirrored"
+    return "gpu" if gpus else "cpu"
+
+
 def get_strategy(name: str = "auto"):
-    """The tf.distribute strategy and its kind for ``--strategy``; see the module docstring for ``auto``."""
+    """The tf.distribute strategy and its kind for ``--strategy`` (``strategy_kind`` decides)."""
     import tensorflow as tf
 
     if name not in STRATEGIES:
         raise UserError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
-    if name in ("auto", "tpu"):
-        resolver = _find_tpu()
-        if resolver is not None:
-            return tf.distribute.TPUStrategy(resolver), "tpu"
-        if name == "tpu":
-            raise UserError("--strategy tpu: no TPU found (on Kaggle, choose the TPU accelerator; Kaggle's TPU VM "
-                            "image reaches it through JAX: runtime.backend=jax)")
-    if name == "multiworker" or (name == "auto" and _tf_config_has_cluster()):
-        if not _tf_config_has_cluster():
-            raise UserError("--strategy multiworker needs TF_CONFIG with a cluster and this worker's task")
-        return tf.distribute.MultiWorkerMirroredStrategy(), "multiworker"
+    resolver = _find_tpu() if name in ("auto", "tpu") else None
+    cluster = _tf_config_has_cluster() if name in ("auto", "multiworker") else False
     gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+    kind = strategy_kind(name, tpu=resolver is not None, cluster=cluster, gpus=len(gpus))
+    if kind == "tpu":
+        return tf.distribute.TPUStrategy(resolver), kind
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy(), kind
+    if kind == "mirrored":
         # On a CPU-only machine this mirrors over the logical CPU devices, if several were configured.
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices), "mirrored"
-    return tf.distribute.get_strategy(), "cpu" if not gpus else "gpu"
+        return tf.distribute.MirroredStrategy(devices=devices), kind
+    return tf.distribute.get_strategy(), kind
 
 
 def split_cpu(n: int) -> None:
@@ -197,10 +225,15 @@ def split_cpu(n: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
 
 
-def _tf_has_gpu() -> bool:
+def _tf_gpu_capabilities() -> list[tuple[int, int]]:
+    """Compute capability of each GPU TensorFlow sees, e.g. [(7, 5), (7, 5)] on Kaggle's T4 ×2."""
     import tensorflow as tf
 
-    return bool(tf.config.list_logical_devices("GPU"))
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cap = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        caps.append(tuple(int(c) for c in cap) if cap else (0, 0))
+    return caps
 
 
 # -- JAX ------------------------------------------------------------------------------------------------------------
@@ -246,31 +279,56 @@ def _jax_runtime(strategy: str, precision: str, devices: str) -> Runtime:
     with contextlib.suppress(RuntimeError, ValueError):
         tf.config.set_visible_devices([], "GPU")
     found, kind, note = jax_devices(strategy, devices)
-    policy = resolve_precision(precision, kind)
+    platform = "tpu" if strategy == "tpu" else kind
+    caps = [_capability(getattr(d, "compute_capability", "")) for d in found] if kind == "gpu" else []
+    policy = resolve_precision(precision, platform, caps)
     distribution = keras.distribution.DataParallel(devices=found) if len(found) > 1 else None
     return Runtime(strategy=None, kind=kind, precision=policy, replicas=len(found), backend="jax",
-                   distribution=distribution, devices=[str(d) for d in found], note=note)
+                   distribution=distribution, devices=[str(d) for d in found], note=note, platform=platform)
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, _, minor = str(text or "0.0").partition(".")
+    return (int(major or 0), int(minor or 0)) if major.isdigit() else (0, 0)
 
 
 # -- both -----------------------------------------------------------------------------------------------------------
 
-def resolve_precision(precision: str, kind: str) -> str:
+def auto_precision(platform: str, capabilities=()) -> str:
+    """``precision=auto`` from the device facts: ``platform`` (tpu | gpu | cpu) and, on GPUs, each one's compute
+    capability as (major, minor). bf16 needs no loss scaling and runs fast on TPUs and on GPUs from 8.0 (A100,
+    L4, H100); older GPUs (T4: 7.5) have fast float16 only, and Keras adds loss scaling to it."""
+    if platform == "tpu":
+        return "mixed_bfloat16"
+    if platform == "gpu":
+        caps = [tuple(c) for c in capabilities]
+        return "mixed_bfloat16" if caps and min(caps) >= (8, 0) else "mixed_float16"
+    return "float32"
+
+
+def use_xla(backend: str, platform: str) -> bool:
+    """XLA (``jit_compile``): always under JAX (without it Keras runs op by op); for TensorFlow on GPUs and TPUs,
+    not on the CPU, where TensorFlow's XLA compiles slowly and runs no faster (DESIGN.md)."""
+    return backend == "jax" or platform in ("gpu", "tpu")
+
+
+def resolve_precision(precision: str, platform: str, capabilities=None) -> str:
+    """``runtime.precision`` for ``platform`` (tpu | gpu | cpu); ``auto`` asks ``auto_precision``, reading the GPUs'
+    compute capabilities from TensorFlow when none are given."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    if kind == "tpu":
-        return "mixed_bfloat16"
-    if kind == "gpu" or (kind in ("mirrored", "multiworker") and _tf_has_gpu()):
-        return "mixed_float16"
-    return "float32"
+    if platform == "gpu" and capabilities is None:
+        capabilities = _tf_gpu_capabilities()
+    return auto_precision(platform, capabilities or ())
 
 
 def setup_runtime(strategy: str = "auto", precision: str = "auto", devices: str = "auto", *,
-                  backend: str = "auto", announce: bool = False) -> Runtime:
-    """Pick devices and strategy on the backend Keras runs on, then set Keras's global dtype policy to match.
+                  backend: str = "auto", announce: bool = False, require_accelerator: bool = False) -> Runtime:
+    """Pick devices, strategy and precision on the backend Keras runs on; the trainer builds under ``policy()``.
 
-    ``announce`` prints one line saying what was found and chosen.
+    ``announce`` prints one line saying what was found and chosen; ``require_accelerator`` refuses the CPU.
     """
     from landmark_kaggle.config import RuntimeConfig
 
@@ -282,25 +340,48 @@ def setup_runtime(strategy: str = "auto", precision: str = "auto", devices: str 
             raise UserError(f"runtime.devices = {devices} chooses JAX devices; under TensorFlow leave it at auto "
                             "and choose with runtime.strategy")
         strat, kind = get_strategy(strategy)
-        policy = resolve_precision(precision, kind)
-        rt = Runtime(strategy=strat, kind=kind, precision=policy, replicas=int(strat.num_replicas_in_sync))
+        import tensorflow as tf
+
+        platform = "tpu" if kind == "tpu" else ("gpu" if tf.config.list_logical_devices("GPU") else "cpu")
+        policy = resolve_precision(precision, platform)
+        rt = Runtime(strategy=strat, kind=kind, precision=policy, replicas=int(strat.num_replicas_in_sync),
+                     platform=platform)
+    if require_accelerator and rt.platform == "cpu":
+        raise UserError(f"runtime.require_accelerator: no TPU or GPU found ({rt.describe()}); on Kaggle, choose "
+                        "the accelerator \"TPU v5e-8\" or \"GPU T4 x2\" (kernels push train --accelerator "
+                        "TpuV5E8 | NvidiaTeslaT4)")
+    # Also set globally, for code that builds outside Runtime.policy(); the trainer builds inside it.
     keras.mixed_precision.set_global_policy(rt.precision)
     if announce:
         print(f"runtime: strategy {strategy} -> {rt.describe()}", flush=True)
     return rt
 
 
+def steps_per_execution(requested: int, platform: str, *divides: int) -> int:
+    """Train steps one compiled call runs: ``runtime.steps_per_execution``, or 0 = auto: 32 on a TPU, where each
+    call's host round trip is dear, else 1. Lowered to the largest count that divides every non-zero number in
+    ``divides`` (steps per epoch, the checkpoint interval, a resumed epoch's first step): Keras runs whole calls,
+    so one must end exactly at each of those."""
+    wanted = requested or (32 if platform == "tpu" else 1)
+    return max(n for n in range(1, wanted + 1) if all(d % n == 0 for d in divides if d))
+
+
 def global_batch(cfg, replicas: int) -> tuple[int, float]:
-    """The global batch and the learning-rate factor (linear scaling with the batch).
+    """The global batch and the learning-rate factor.
 
     ``train.batch_size`` is global; with ``train.scale_batch_with_replicas`` it
     is per replica instead and the global batch grows with the replica count.
-    The rate scales by global / configured batch when ``optim.scale_lr_with_replicas``.
+    When ``optim.scale_lr_with_replicas``, the rate follows the global batch k
+    times the configured one by ``optim.lr_scaling``: sqrt (× √k, the square-root
+    rule for Adam-type optimizers, with the warm-up kept) or linear (× k, the rule
+    for SGD, which overshoots with AdamW at k = 8).
     """
     t = cfg.train
     batch = t.batch_size * (replicas if t.scale_batch_with_replicas else 1)
     if batch % replicas:
         raise UserError(f"train.batch_size = {t.batch_size}: the global batch {batch} does not split "
                         f"evenly over {replicas} replicas")
-    factor = batch / t.batch_size if cfg.optim.scale_lr_with_replicas else 1.0
-    return batch, factor
+    ratio = batch / t.batch_size
+    if not cfg.optim.scale_lr_with_replicas:
+        return batch, 1.0
+    return batch, (ratio if cfg.optim.lr_scaling == "linear" else ratio ** 0.5)

@@ -64,7 +64,10 @@ def backbone_weights(candidates: list[Path], cfg) -> Path | None:
         return None
     finally:
         del backbone
+        # clear_session resets Keras's global settings, the dtype policy among them: keep the run's.
+        policy = keras.config.dtype_policy()
         keras.backend.clear_session()
+        keras.config.set_dtype_policy(policy)
 
 
 def _state(folder: Path) -> dict | None:

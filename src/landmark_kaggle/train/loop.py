@@ -33,7 +33,7 @@ from landmark_kaggle.errors import UserError
 from landmark_kaggle.evaluate.metrics import TOP_K
 from landmark_kaggle.fileio import atomic_write_json
 from landmark_kaggle.model.network import build_model, init_from_model_dir, save_model_dir
-from landmark_kaggle.train.distribute import Runtime, global_batch, setup_runtime
+from landmark_kaggle.train.distribute import Runtime, global_batch, setup_runtime, steps_per_execution
 from landmark_kaggle.train.optim import compile_model
 from landmark_kaggle.train.plots import plot_history
 from landmark_kaggle.train.schedule import schedule_from_config
@@ -46,7 +46,8 @@ METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
 # The backend and the devices may change too (a checkpoint holds the same numbers on every one of them), and so
 # may the initial weights, which a checkpoint replaces.
 RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_every_steps", "embeddings.class_sample",
-                     "runtime.backend", "runtime.devices", "model.weights"}
+                     "runtime.backend", "runtime.devices", "model.weights", "runtime.require_accelerator",
+                     "runtime.steps_per_execution"}
 
 
 def _flat(cfg: Config) -> dict:
@@ -63,6 +64,32 @@ def _check_same_run(state: dict, cfg: Config, num_classes: int, ckpt: Path) -> N
                         "resume with the same config or train into a new --out")
 
 
+def _layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _layers(layer)
+
+
+def network_precision(model: keras.Model) -> dict:
+    """What the built network computes in, read back from it: the first convolution's (or, in the
+    embedding-only network, dense layer's) compute and variable dtypes, and whether the optimizer scales
+    the loss (Keras's LossScaleOptimizer, which compile adds under mixed_float16)."""
+    layer = next((la for la in _layers(model) if isinstance(la, keras.layers.Conv2D)), None) or \
+        next((la for la in _layers(model) if isinstance(la, keras.layers.Dense)), None)
+    return {"compute_dtype": str(layer.compute_dtype) if layer is not None else None,
+            "variable_dtype": str(layer.variable_dtype) if layer is not None else None,
+            "loss_scaling": isinstance(getattr(model, "optimizer", None), keras.optimizers.LossScaleOptimizer)}
+
+
+def check_precision(found: dict, policy: str) -> None:
+    """Refuse to train in another precision than the one the run will report."""
+    want = keras.dtype_policies.get(policy)
+    if found["compute_dtype"] not in (None, want.compute_dtype) or found["loss_scaling"] != (policy == "mixed_float16"):
+        raise UserError(f"runtime precision {policy}, but the built network computes in {found['compute_dtype']} "
+                        f"with loss scaling {'on' if found['loss_scaling'] else 'off'}: the dtype policy was lost "
+                        "between setup and build")
+
+
 def why_not_resumable(state: dict, cfg: Config, where) -> str | None:
     """None when a checkpoint's state was made with ``cfg``'s settings (a resume accepts it), else why not."""
     try:
@@ -73,7 +100,11 @@ def why_not_resumable(state: dict, cfg: Config, where) -> str | None:
 
 
 class _Watch(keras.callbacks.Callback):
-    """Counts steps, checkpoints every N steps, enforces the time budget, drives the progress bar."""
+    """Counts steps, checkpoints every N steps, enforces the time budget, drives the progress bar.
+
+    Keras calls it once per compiled call (``steps_per_execution`` steps), with ``batch`` the call's last step
+    within this ``fit``; reading the logs there is the one host-device sync per call.
+    """
 
     def __init__(self, trainer: _Trainer):
         super().__init__()
@@ -81,17 +112,19 @@ class _Watch(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         t = self.t
-        t.step_in_epoch += 1
-        t.global_step += 1
+        done = t.fit_start + batch + 1 - t.step_in_epoch
+        before = t.global_step
+        t.step_in_epoch += done
+        t.global_step += done
         t.last_logs = {k: float(v) for k, v in (logs or {}).items() if k in METRIC_COLUMNS}
         now = time.monotonic()
         t.slowest_step = max(t.slowest_step, now - t.last_step_end)
         t.last_step_end = now
         if t.bar is not None:
-            t.bar.update(1)
+            t.bar.update(done)
             t.bar.set_postfix(epoch=t.epoch + 1, loss=f"{t.last_logs.get('loss', float('nan')):.3f}")
         every = t.cfg.session.checkpoint_every_steps
-        if every and t.global_step % every == 0 and t.step_in_epoch < t.steps_per_epoch:
+        if every and t.global_step // every > before // every and t.step_in_epoch < t.steps_per_epoch:
             t.save_checkpoint(partial_logs=t.epoch_logs())
         if t.out_of_time():
             self.model.stop_training = True
@@ -112,7 +145,7 @@ class _Trainer:
         self.reserve_extra = 0.0  # measured time of the last save + validation: what stopping needs
         self.stopped = None
         self.bar = None
-        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.epoch = self.step_in_epoch = self.global_step = self.fit_start = 0
         self.history: list[dict] = []
         self.partial: dict | None = None  # (steps, logs) of the epoch so far, from a mid-epoch checkpoint
         self.last_logs: dict = {}
@@ -211,11 +244,20 @@ class _Trainer:
         with self.rt.scope():
             # A checkpoint replaces every weight: no download or weights file needed to resume.
             built = cfg if state is None else replace(cfg, model=replace(cfg.model, weights="none"))
-            self.model = self.rt.training_model(build_model(built, self.num_classes))
+            # The policy is set here, where the layers take it, not trusted to have survived since setup_runtime:
+            # keras.backend.clear_session() (e.g. after probing a weights file) resets it to float32.
+            with self.rt.policy():
+                self.model = self.rt.training_model(build_model(built, self.num_classes))
             if state is None and self.init_from:
                 self.init_report = init_from_model_dir(self.model, self.init_from)
+            # A compiled call never runs past an epoch's end or a checkpoint, nor starts mid-call on a resume.
+            self.execution = steps_per_execution(cfg.runtime.steps_per_execution, self.rt.platform,
+                                                 self.steps_per_epoch, cfg.session.checkpoint_every_steps,
+                                                 state["step_in_epoch"] if state else 0)
             compile_model(self.model, cfg, counts, steps_per_epoch=self.steps_per_epoch, lr_factor=lr_factor,
-                          jit_compile=self.rt.jit_compile)
+                          jit_compile=self.rt.jit_compile, steps_per_execution=self.execution)
+            self.precision = network_precision(self.model)
+            check_precision(self.precision, self.rt.precision)
             if state is not None:
                 self.model.optimizer.build(self.model.trainable_variables)
                 self.model.load_weights(self.ckpt / state["weights"])
@@ -239,7 +281,9 @@ class _Trainer:
         if self.rt.is_chief:
             extra = {"epochs_trained": self.epoch, "global_step": self.global_step,
                      "status": self.stopped or "complete", "replicas": self.rt.replicas,
-                     "precision": self.rt.precision, "strategy": self.rt.kind, "backend": self.rt.backend}
+                     "precision": self.rt.precision, **self.precision, "strategy": self.rt.kind,
+                     "backend": self.rt.backend, "xla": self.rt.jit_compile, "global_batch": batch,
+                     "lr_factor": lr_factor, "steps_per_execution": self.execution}
             if self.init_report is not None:
                 extra["init_from"] = self.init_report
             save_model_dir(self.model, cfg, label_map, self.out, extra=extra)
@@ -249,6 +293,7 @@ class _Trainer:
     def _one_epoch(self, watch: _Watch, batch: int, has_val: bool) -> None:
         cfg, e, start = self.cfg, self.epoch, self.step_in_epoch
         t0 = time.monotonic()
+        self.fit_start = start
         ds = pipeline.build_dataset(self.data, "train", cfg.data, batch, training=True,
                                     seed=cfg.train.seed * 100_003 + e, start_step=start)
         self.last_step_end = time.monotonic()
@@ -303,8 +348,8 @@ class _Trainer:
             "status": self.stopped or "complete", "epochs_done": self.epoch, "global_step": self.global_step,
             "steps_per_epoch": self.steps_per_epoch, "global_batch": batch, "num_classes": self.num_classes,
             "replicas": self.rt.replicas, "strategy": self.rt.kind, "precision": self.rt.precision,
-            "backend": self.rt.backend, "init_from": self.init_report, "history": self.history,
-            "model_dir": str(self.out),
+            **self.precision, "backend": self.rt.backend, "xla": self.rt.jit_compile, "init_from": self.init_report,
+            "history": self.history, "model_dir": str(self.out),
             "val_top1": last.get("val_top1", math.nan), "seconds": round(time.monotonic() - self.started, 1),
         }
 
@@ -319,14 +364,16 @@ def train_model(data, out_dir, cfg: Config, *, resume: bool = False, time_budget
     ``runtime`` is a ready backend + devices + precision (default: from the config).
     """
     r = cfg.runtime
-    rt = runtime or setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=progress)
+    rt = runtime or setup_runtime(r.strategy, r.precision, r.devices, backend=r.backend, announce=progress,
+                                  require_accelerator=r.require_accelerator)
     trainer = _Trainer(data, out_dir, cfg, rt, time_budget=time_budget, progress=progress,
                        init_from=init_from)
     summary = trainer.run(resume)
     if rt.is_chief and progress:
         h = summary["history"][-1] if summary["history"] else {}
         print(f"train: {summary['status']}, {summary['epochs_done']}/{cfg.train.epochs} epochs, "
-              f"{summary['global_step']} steps on {rt.replicas} replica(s) ({rt.backend} {rt.kind}, {rt.precision}), "
+              f"{summary['global_step']} steps on {rt.replicas} replica(s) ({rt.backend} {rt.kind}, {rt.precision}: "
+              f"{summary['compute_dtype']} compute, loss scaling {'on' if summary['loss_scaling'] else 'off'}), "
               f"loss {h.get('loss', float('nan')):.4f}, val top1 {summary['val_top1']:.4f}, "
               f"{summary['seconds']:.0f} s → {out_dir}")
     return summary

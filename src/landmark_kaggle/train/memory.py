@@ -22,6 +22,9 @@ from landmark_kaggle.config import Config
 
 GIB = 1024**3
 HEADROOM = 0.85
+# Kaggle's accelerators, one device each, and the precision precision=auto gives them: a TPU v5e-8 core
+# (16 GiB HBM, bf16) and one T4 of "GPU T4 x2" (15 GiB usable of its 16 GB, float16 + loss scaling).
+DEVICES = (("TPU v5e core, 16 GiB", 16.0, "mixed_bfloat16"), ("T4, 15 GiB", 15.0, "mixed_float16"))
 
 
 def _backbone_profile(cfg: Config, image_size: int) -> tuple[int, int, int]:
@@ -37,7 +40,9 @@ def _backbone_profile(cfg: Config, image_size: int) -> tuple[int, int, int]:
             elems += int(np.prod([d for d in out.shape[1:] if d is not None]))
     params = int(sum(np.prod(w.shape) for w in backbone.weights))
     feat = int(backbone.output_shape[-1])
+    policy = keras.config.dtype_policy()  # clear_session resets it to float32
     keras.backend.clear_session()
+    keras.config.set_dtype_policy(policy)
     return params, feat, elems
 
 
@@ -92,8 +97,8 @@ def report(cfg: Config, num_classes: int, per_replica_batch: int, precision: str
     ]
     if table:
         profiles = {size: _backbone_profile(cfg, size) for size in (256, 384, 512, 640)}
-        for device, prec in (("TPU v3 core, 16 GB", "mixed_bfloat16"), ("GPU, 16 GB", "mixed_float16")):
-            rows = fit_table(cfg, num_classes, 16.0, prec, profiles=profiles)
+        for device, gib, prec in DEVICES:
+            rows = fit_table(cfg, num_classes, gib, prec, profiles=profiles)
             cells = ", ".join(f"{r['image_size']} px: batch {r['max_batch'] or '-'}"
                               + (f" ({r['gib']} GiB)" if r["max_batch"] else "") for r in rows)
             lines.append(f"largest per-replica batch on one {device} ({prec}, {int(HEADROOM * 100)}% usable): {cells}")

@@ -22,15 +22,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def lr_curve(schedule_by_epoch, total_epochs: int, points_per_epoch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch positions, rates) across the whole run, sampled within epochs: the warm-up ramp and the decay
+    change the rate step by step, not at epoch boundaries."""
+    x = np.arange(total_epochs * points_per_epoch) / points_per_epoch
+    return x, np.asarray(schedule_by_epoch(x), dtype=np.float64)
+
+
 def plot_lr(schedule_by_epoch, total_epochs: int, path, done_epochs: int | None = None) -> Path:
-    """The whole planned schedule, with the epochs already trained marked."""
-    epochs = np.arange(total_epochs)
-    lrs = schedule_by_epoch(epochs)
+    """The whole planned schedule by step (x in epochs), with the part already trained drawn over it."""
+    x, lrs = lr_curve(schedule_by_epoch, total_epochs)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs + 1, lrs, marker="o", ms=3, label="planned")
+    ax.plot(x, lrs, lw=1.2, label="planned")
     if done_epochs:
-        ax.plot(epochs[:done_epochs] + 1, lrs[:done_epochs], marker="o", ms=5, lw=0, label="trained")
-    ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate by epoch")
+        done = x < done_epochs
+        ax.plot(x[done], lrs[done], lw=3, alpha=0.6, label="trained")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate by step", xlim=(0, total_epochs))
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.legend()
     return _save(fig, Path(path))
