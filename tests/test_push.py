@@ -393,7 +393,8 @@ def test_push_build_write_part_k_is_its_own_cpu_kernel(tmp_path, kaggle_env, kag
         proc = _cli(["kernels", "push", "build-write", "--part", str(k), "--out", str(tmp_path / "k")],
                     kaggle_env, tmp_path)
         assert proc.returncode == 0, proc.stderr + proc.stdout
-        assert f"kernels status alice/landmark-kaggle-build-write-part-{k}`" in proc.stdout
+        assert f"kernels status build-write-part-{k}`" in proc.stdout
+        assert kernels.kernel_ref(f"build-write-part-{k}", "alice") == f"alice/landmark-kaggle-build-write-part-{k}"
         record = json.loads((tmp_path / "k" / f"build-write-part-{k}" / kernelcli.PUSH_RECORD).read_text())
         assert record["kernel"] == f"alice/landmark-kaggle-build-write-part-{k}" and record["version"] == 7
     for k, req in zip((1, 3), seen, strict=True):
