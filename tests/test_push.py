@@ -15,7 +15,7 @@ import pytest
 from kaggle_server import SECRET, TOKEN
 
 from landmark_kaggle.kaggle import command as kernelcli
-from landmark_kaggle.kaggle import kernels
+from landmark_kaggle.kaggle import credentials, kernels
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
@@ -234,13 +234,13 @@ def test_every_credential_is_scanned_for(tmp_path, kaggle_env, kaggle_server, mo
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         (folder / "notes.txt").write_text(f"left here by mistake: {secret}\n")
-        kernels.scan_for_credentials(folder)  # not a credential of this login yet: passes
+        credentials.scan_for_credentials(folder)  # not a credential of this login yet: passes
         setup(secret)
         with pytest.raises(kernels.KernelError, match="notes.txt contains your Kaggle API key or access token"):
-            kernels.scan_for_credentials(folder)
+            credentials.scan_for_credentials(folder)
     # The OAuth login names its user on disk: no client to ask.
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    assert kernels.kaggle_username(ask_client=lambda: pytest.fail("asked the client")) == "carol"
+    assert credentials.kaggle_username(ask_client=lambda: pytest.fail("asked the client")) == "carol"
 
 
 def test_user_name_from_kaggle_config_file(tmp_path, kaggle_env, kaggle_server):

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from landmark_kaggle.fileio import atomic_write_json
-from landmark_kaggle.kaggle import build_kernels, kernels
+from landmark_kaggle.kaggle import build_kernels, credentials, kernels
 from landmark_kaggle.kaggle.build_kernels import ShardSources
 from landmark_kaggle.kaggle.kernels import KernelError
 from landmark_kaggle.paths import COMPETITION
@@ -70,7 +70,7 @@ def client_username() -> str | None:
 
 def kaggle_username(explicit: str | None = None) -> str:
     """``--user``, KAGGLE_USERNAME, kaggle.json, else the name the client gets for an access token."""
-    return kernels.kaggle_username(explicit, ask_client=client_username)
+    return credentials.kaggle_username(explicit, ask_client=client_username)
 
 
 def run_kaggle(args: list[str]) -> str:
@@ -255,7 +255,7 @@ def upload_datasets(out: str | Path, message: str, parts: str | Path | None = No
         entry = {"folder": str(folder), "id": None, "action": "failed", "said": ""}
         try:
             entry["id"] = json.loads((folder / "dataset-metadata.json").read_text(encoding="utf-8"))["id"]
-            kernels.scan_for_credentials(folder)
+            credentials.scan_for_credentials(folder)
             if dataset_exists(entry["id"]):
                 entry["said"] = run_kaggle(["datasets", "version", "-p", str(folder), "-m", message])
                 entry["action"] = "versioned"
