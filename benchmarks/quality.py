@@ -13,8 +13,8 @@ top-1 is over the landmark test images. Training uses the library's defaults
 except the settings printed above the table (``--set`` adds more), so the
 figures follow whatever the trainer and the rules do on the branch measured.
 
-    python benchmarks/quality.py [--data tests/data/oxparis] [--out runs/quality] [--image-size 160]
-                                 [--epochs 10] [--seed 0] [--set optim.learning_rate=3e-4 ...]
+    python benchmarks/quality.py [--data tests/data/oxparis] [--out runs/quality] [--image-size 128]
+                                 [--epochs 8] [--seed 0] [--set optim.learning_rate=3e-4 ...]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Q.OXPARIS))
     parser.add_argument("--out", default="runs/quality")
-    parser.add_argument("--image-size", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
