@@ -239,8 +239,8 @@ def inference_world(base: Path) -> dict:
 
 
 def ensemble_world(base: Path, world: dict) -> dict:
-    """A second tiny model beside the world's (another seed, 40 px, fewer epochs) and the pair's indexes:
-    the non-landmark views, and the training shards with B against them (``embed-index --nonlandmarks``)."""
+    """A second tiny model beside the world's (another seed, 40 px, fewer epochs) and the pair's indexes, with
+    flip TTA: the non-landmark views, and the training shards with B against them (``embed-index --nonlandmarks``)."""
     import keras
 
     from landmark_kaggle.infer.embed_index import build_index
@@ -253,8 +253,10 @@ def ensemble_world(base: Path, world: dict) -> dict:
     keras.utils.set_random_seed(1)
     train_tiny_model(world["root"], out["model_b"], epochs=8, image_size=40)
     pair = [world["model"], out["model_b"]]
-    build_index(pair, out["distractors"], images=str(world["distractor_images"]))
-    build_index(pair, out["index"], data=str(world["tfrec"]), nonlandmarks=out["distractors"])
+    # With flip TTA, as the tests that search them embed their queries (an index of another mode is refused).
+    flip = ["inference.tta=flip"]
+    build_index(pair, out["distractors"], images=str(world["distractor_images"]), overrides=flip)
+    build_index(pair, out["index"], data=str(world["tfrec"]), nonlandmarks=out["distractors"], overrides=flip)
     (base / "done").write_text("ok")
     return out
 

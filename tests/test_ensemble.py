@@ -104,4 +104,4 @@ def test_embed_index_stores_b_against_the_nonlandmarks(ensemble):
     info = json.loads((index / "index.json").read_text())
     dis_meta = json.loads((dis / "meta.json").read_text())
     assert info["nonlandmarks"]["ids_sha256"] == dis_meta["ids_sha256"] and info["nonlandmarks"]["rows"] == 24
-    assert [m["dim"] for m in info["members"]] == [32, 32] and info["tta"] == "none"
+    assert [m["dim"] for m in info["members"]] == [32, 32] and info["tta"] == "flip"

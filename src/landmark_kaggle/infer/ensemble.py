@@ -137,13 +137,6 @@ class Embedder:
 
     def check_index(self, path: Path, meta: dict, stored_probe: np.ndarray | None) -> None:
         """Refuse an index that another model, ensemble, member order or TTA mode made."""
-        # Indexes from before the mode was recorded on its own say it in the store's backend name.
-        theirs_tta = meta.get("tta") or ("flip" if "|tta=flip" in str(meta.get("backend", "")) else "none")
-        if theirs_tta != self.tta:
-            raise StoreError(f"{path}: embedded with inference.tta={theirs_tta}, but the queries are embedded with "
-                             f"inference.tta={self.tta}; the index and the queries must be embedded alike (rebuild "
-                             f"the index with --set inference.tta={self.tta}, or predict with "
-                             f"--set inference.tta={theirs_tta})")
         # An index from before ensembles: one member, described by the store's own meta.
         members = meta.get("members") or [{"model": meta.get("backend", "?"), "dim": int(meta.get("dim", 0)),
                                            "weights_sha256": meta.get("weights_sha256")}]
@@ -163,6 +156,14 @@ class Embedder:
                                      "and the index has no probe.npy to compare; rebuild it with embed-index")
                 check_probe(path, stored_probe[start:stop], mine.probe, f"member {i + 1} ({mine.bundle.model_dir})")
             start = stop
+        # Checked after the members, so a wrong model says so first. An index from before the mode was
+        # recorded on its own says it in the store's backend name.
+        theirs_tta = meta.get("tta") or ("flip" if "|tta=flip" in str(meta.get("backend", "")) else "none")
+        if theirs_tta != self.tta:
+            raise StoreError(f"{path}: embedded with inference.tta={theirs_tta}, but the queries are embedded with "
+                             f"inference.tta={self.tta}; the index and the queries must be embedded alike (rebuild "
+                             f"the index with --set inference.tta={self.tta}, or predict with "
+                             f"--set inference.tta={theirs_tta})")
 
 
 def load_embedder(model_dirs, overrides: list[str] | tuple[str, ...] = ()) -> Embedder:
