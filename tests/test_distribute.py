@@ -25,6 +25,7 @@ from landmark_kaggle.train.distribute import (
     global_batch,
     resolve_precision,
     setup_runtime,
+    steps_per_execution,
     strategy_kind,
     use_xla,
 )
@@ -337,3 +338,15 @@ def _relative_gap(got, want, init, keys):
     """||got - want|| / ||want - init|| over the variables ``keys``: the gap as a share of the movement."""
     gap = np.sqrt(sum(float(((got[k] - want[k]) ** 2).sum()) for k in keys))
     return gap / np.sqrt(sum(float(((want[k] - init[k]) ** 2).sum()) for k in keys))
+
+
+def test_steps_per_execution_ends_calls_at_epochs_checkpoints_and_the_resume_point():
+    # auto: 32 steps a call on a TPU, 1 elsewhere; an explicit count wins.
+    assert steps_per_execution(0, "tpu") == 32 and steps_per_execution(0, "gpu") == 1
+    assert steps_per_execution(0, "cpu", 96) == 1 and steps_per_execution(8, "cpu", 96) == 8
+    # Lowered to the largest count dividing the epoch (96), the checkpoint interval (40) and a resumed start (12).
+    assert steps_per_execution(0, "tpu", 96) == 32
+    assert steps_per_execution(0, "tpu", 96, 40) == 8
+    assert steps_per_execution(0, "tpu", 96, 40, 12) == 4
+    assert steps_per_execution(0, "tpu", 96, 0, 0) == 32  # no checkpoints, a fresh epoch: nothing to meet
+    assert steps_per_execution(0, "tpu", 7) == 7 and steps_per_execution(0, "tpu", 37) == 1

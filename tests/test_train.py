@@ -225,3 +225,22 @@ def test_resume_check_refuses_a_changed_setting_but_not_the_embedding_only_sampl
     changed = _flat(config_from_dict({"train": {"epochs": 2, "learning_rate": 0.5}}))
     with pytest.raises(UserError, match=r"optim.learning_rate: 0.5 -> 0.001"):
         _check_same_run({"config": changed, "num_classes": 4}, cfg, 4, tmp_path)
+
+
+@pytest.mark.slow
+def test_two_steps_a_compiled_call_train_the_same_steps_as_one(shards, tmp_path):
+    # The step-end callback then sees every second step: it must still count 8 steps, stop epochs on time and
+    # give the history and weights of one step a call (the same ops on the same batches).
+    base = [*BASE, "model.backbone=MobileNetV3Small", "train.epochs=2", "train.steps_per_epoch=4",
+            "session.checkpoint_every_steps=2"]
+    out = {}
+    for n in (1, 2):
+        out[n] = tmp_path / f"n{n}"
+        summary = train_model(str(shards), out[n], config_from_dict({}, [*base, f"runtime.steps_per_execution={n}"]),
+                              progress=False)
+        assert (summary["global_step"], summary["epochs_done"]) == (8, 2)
+        assert json.loads((out[n] / "config.json").read_text())["steps_per_execution"] == n
+    pd.testing.assert_frame_equal(_history(out[2]), _history(out[1]), rtol=1e-4)
+    a, b = load_model_dir(out[2]).model.get_weights(), load_model_dir(out[1]).model.get_weights()
+    for wa, wb in zip(a, b, strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)

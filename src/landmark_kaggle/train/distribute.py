@@ -361,7 +361,7 @@ def steps_per_execution(requested: int, platform: str, *divides: int) -> int:
     """Train steps one compiled call runs: ``runtime.steps_per_execution``, or 0 = auto: 32 on a TPU, where each
     call's host round trip is dear, else 1. Lowered to the largest count that divides every non-zero number in
     ``divides`` (steps per epoch, the checkpoint interval, a resumed epoch's first step): Keras runs whole calls,
-    so one must end exactly at each of those."""
+    so one must end exactly at each of those. (The trainer rounds a data-sized epoch to whole calls first.)"""
     wanted = requested or (32 if platform == "tpu" else 1)
     return max(n for n in range(1, wanted + 1) if all(d % n == 0 for d in divides if d))
 

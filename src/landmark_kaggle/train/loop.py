@@ -233,6 +233,12 @@ class _Trainer:
             raise UserError(f"{self.data_name}: no training records")
         has_val = pipeline.count_examples(self.data, "validation") > 0
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(n_train // batch, 1)
+        if not cfg.train.steps_per_epoch:
+            # A pass over the data, rounded down to whole compiled calls (under 32 batches of the epoch's
+            # shuffled stream are left for the next epoch's): else steps_per_execution would fall to a divisor.
+            per_call = steps_per_execution(cfg.runtime.steps_per_execution, self.rt.platform)
+            if self.steps_per_epoch >= per_call:
+                self.steps_per_epoch -= self.steps_per_epoch % per_call
         state = self.load_checkpoint()
         if state is not None and not resume:
             raise UserError(f"{self.ckpt} holds a checkpoint of an earlier run: pass --resume to continue it, "
