@@ -17,6 +17,7 @@ from landmark_kaggle import paths
 from landmark_kaggle.data import embstore
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.infer import predict, retrieval
+from landmark_kaggle.infer.kaggle_inputs import kaggle_inputs
 from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.model.network import MODEL_FOLDER_FILES, WEIGHTS_FILE
 from landmark_kaggle.train import loop
@@ -167,7 +168,7 @@ def test_the_submission_kernel_finds_the_model_in_every_layout(tmp_path, monkeyp
     monkeypatch.setenv(paths.KAGGLE_INPUT_ENV, str(inp))
     monkeypatch.setenv(paths.KAGGLE_WORKING_ENV, str(tmp_path / "working"))
     args = _args()
-    predict.kaggle_inputs(args)
+    kaggle_inputs(args)
     assert args.model == [model] and args.images == comp / "test"
     if layout == "owner-models":
         assert model.relative_to(inp).parts[:3] == ("models", "alice", "landmark-kaggle-model")
@@ -179,7 +180,7 @@ def test_predict_kaggle_fills_only_what_the_command_line_left_out(tmp_path, monk
     monkeypatch.setenv(paths.KAGGLE_WORKING_ENV, str(tmp_path / "working"))
     # Two model folders are attached (the model and the training output): not a question when --model is given.
     args = _args(model=tmp_path / "mine", out=tmp_path / "mine.csv", index=tmp_path / "my-index")
-    predict.kaggle_inputs(args)
+    kaggle_inputs(args)
     comp = expected["competition"][0]
     assert (args.model, Path(args.out), Path(args.index)) == ([str(tmp_path / "mine")], tmp_path / "mine.csv",
                                                                 tmp_path / "my-index")
@@ -187,15 +188,15 @@ def test_predict_kaggle_fills_only_what_the_command_line_left_out(tmp_path, monk
                                                          comp / "sample_submission.csv")
     # Images named by hand never get the competition's id list.
     args = _args(model=tmp_path / "mine", images=tmp_path / "imgs")
-    predict.kaggle_inputs(args)
+    kaggle_inputs(args)
     assert (args.images, args.ids, args.out) == (str(tmp_path / "imgs"), None,
                                                  tmp_path / "working" / "submission.csv")
     # Left to find them: the model dataset and the training output hold the same weights, so one model ...
     args = _args(images=tmp_path / "imgs")
-    predict.kaggle_inputs(args)
+    kaggle_inputs(args)
     assert args.model == [expected["model"][0]]
     # ... and two different models are a two-model ensemble, in path order.
     (expected["model"][1] / WEIGHTS_FILE).write_bytes(b"other weights")
     args = _args(images=tmp_path / "imgs")
-    predict.kaggle_inputs(args)
+    kaggle_inputs(args)
     assert args.model == sorted(expected["model"])

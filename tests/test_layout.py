@@ -15,7 +15,7 @@ from landmark_kaggle.kaggle import kernels
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "landmark_kaggle"
 PACKAGES = {"landmark_kaggle": SRC, "tfrec_builder": REPO / "tfrec_builder"}
-SHARED = {"config", "config_migrate", "errors", "fileio", "paths", "__init__"}
+SHARED = {"config", "config_args", "config_migrate", "errors", "fileio", "paths", "__init__"}
 COMMAND_LINE = {"cli", "clibase", "dryrun"}
 # Which rooms each room may import (its own included).
 ALLOWED = {

@@ -21,7 +21,8 @@ import pytest
 from helpers import CLI
 
 from landmark_kaggle.cli import main
-from landmark_kaggle.config import config_from_dict, parse_duration
+from landmark_kaggle.config import config_from_dict
+from landmark_kaggle.config_args import parse_duration
 from landmark_kaggle.data.gld import read_label_map
 from landmark_kaggle.data.pipeline import build_dataset
 from landmark_kaggle.errors import UserError

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("embed needs --data and --out (or --kaggle)")
     budget = None
     if args.time_budget:
-        from landmark_kaggle.config import parse_duration
+        from landmark_kaggle.config_args import parse_duration
 
         budget = parse_duration(args.time_budget)
     embed_dataset(args.data, args.out, args.backend, weights=args.weights, image_size=args.image_size,

@@ -93,7 +93,7 @@ def choose_weights(backend: str, weights: str | None, found: list[Path]) -> str 
 
 def embed_plan(args) -> dict:
     """What ``embed --kaggle`` works on: data, store (a previous version's copied in), weights, deadline."""
-    from landmark_kaggle.config import parse_duration
+    from landmark_kaggle.config_args import parse_duration
 
     deadline = time.time() + parse_duration(args.time_budget or DEFAULT_EMBED_BUDGET)
     inputs = find_inputs()

@@ -51,59 +51,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from landmark_kaggle import paths
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.infer import retrieval
+from landmark_kaggle.infer.kaggle_inputs import kaggle_inputs
 
 # At most this many test images are held (cos θ and embeddings) between two searches.
 MAX_QUERY_BLOCK = 32768
 # Share of the time left that the competition's train set and the second pass over the test images may plan on:
 # the rate is measured on the test images, and index assembly, B and the search come on top.
 TIME_SHARE = 0.9
-
-
-def kaggle_inputs(args: argparse.Namespace) -> None:
-    """Fill what the command line left out from the Kaggle roots; a value the user gave is never replaced.
-
-    Inputs are found by what they hold (``paths.find_inputs``), in any layout Kaggle mounts them.
-    """
-    found = paths.find_inputs()
-    if args.model is None:
-        args.model = distinct_models(found.every("model"))
-    if args.index is None:
-        args.index = found.optional("index")
-    if args.distractors is None:
-        args.distractors = found.optional("distractors")
-    comp = None
-    if args.images is None and args.tfrec is None:
-        comp = found.one("competition")
-        args.images = comp / "test"
-        # The competition's id list goes with the competition's images only, never with images named by hand.
-        if args.ids is None and (comp / "sample_submission.csv").is_file():
-            args.ids = comp / "sample_submission.csv"
-    if args.competition is None:
-        args.competition = comp or found.optional("competition")
-    if args.out is None:
-        args.out = paths.kaggle_working_root() / "submission.csv"
-
-
-def distinct_models(folders: list[Path]) -> list[Path]:
-    """Model folders in path order, each set of weights once: several distinct ones are an ensemble.
-
-    A model attached twice (as a dataset and as the training output it came
-    from) has the same weights file; predicting with it twice would only
-    double the work, so the first copy stands for both.
-    """
-    from landmark_kaggle.fileio import file_sha256
-    from landmark_kaggle.model.network import WEIGHTS_FILE
-
-    seen: dict[str, Path] = {}
-    for folder in folders:
-        seen.setdefault(file_sha256(Path(folder) / WEIGHTS_FILE), Path(folder))
-    kept = list(seen.values())
-    if len(kept) < len(folders):
-        print(f"model folders: {len(folders)} attached, {len(kept)} distinct (same weights counted once)")
-    return kept
 
 
 def _first_line(exc: BaseException) -> str:

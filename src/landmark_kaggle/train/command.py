@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 
-from landmark_kaggle.config import BACKENDS, PRECISIONS, STRATEGIES, add_config_arguments, load_config
+from landmark_kaggle.config import BACKENDS, PRECISIONS, STRATEGIES, load_config
+from landmark_kaggle.config_args import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +75,7 @@ def run(args) -> int:
         return _estimate(args, cfg)
     if not args.kaggle and (not args.data or not args.out):
         raise UserError("train needs --data TFREC_DIR and --out MODEL_DIR (or --kaggle, or --estimate)")
-    from landmark_kaggle.config import parse_duration
+    from landmark_kaggle.config_args import parse_duration
 
     parse_duration(cfg.session.time_budget)  # a malformed budget fails before Keras starts
     # Before anything imports Keras: it reads the backend once.

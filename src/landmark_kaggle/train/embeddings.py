@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_kaggle.config import add_config_arguments, load_config
+from landmark_kaggle.config import load_config
+from landmark_kaggle.config_args import add_config_arguments
 
 # The dense AdamW update of the 41.6M-parameter GLDv2 classifier is paid once a step, so big batches amortise it.
 DEFAULT_BATCH = 4096

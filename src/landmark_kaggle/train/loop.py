@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from landmark_kaggle.config import Config, parse_duration
+from landmark_kaggle.config import Config
+from landmark_kaggle.config_args import parse_duration
 from landmark_kaggle.config_migrate import migrate_flat
 from landmark_kaggle.data import pipeline
 from landmark_kaggle.errors import UserError
