@@ -12,10 +12,13 @@ The same check, ``gains``, runs on a sound training and on two broken on
 purpose: the sound one must clear the margins, the broken ones must not, so
 the assertion is shown to tell learning from its absence.
 
-NOT YET MEASURED: MIN_GAP_GAIN and MIN_TOP1_GAIN below are first guesses (the shared lock gave this
-branch no turn before its deadline). Before merging, run ``benchmarks/quality.py`` and a few seeds of
-each case, then set them between the sound runs' smallest gain and the broken runs' largest, and write
-the measured gains and times here.
+Measured (2-core EPYC shared with other jobs, 128 px, 8 epochs, batch 16; ImageNet kNN-1: GAP 0.234,
+top-1 0.577), as (GAP gain with the linear rule and retrieval, top-1 gain of the model's own kNN-1):
+sound seed 0 +0.138 / +0.077, sound seed 1 +0.104 / +0.115; margin 1.5: +0.035 / +0.077 (its
+retrieval still ranks, its classifier and confidences do not: GAP gives it away); learning rate 1.0:
+-0.232 / -0.385. The margins below sit between the two: a GAP gain of at least 0.07 (sound runs have
+0.034 to spare, the margin-broken one is 0.035 short) and at least one more landmark test image right.
+Each fine-tune takes 90-110 s on that loaded machine (train 87-111 s, index and predict ~20 s).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ IMAGE_SIZE = 128
 EPOCHS = 8
 TRAIN = (f"train.epochs={EPOCHS}", "train.batch_size=16", "train.seed=0")
 # The fine-tune must beat ImageNet kNN-1 by at least this much, in GAP (linear rule with retrieval) and in
-# top-1 over the 26 landmark test images (one image is 0.038).
-MIN_GAP_GAIN = 0.05
-MIN_TOP1_GAIN = 0.04
+# top-1 of its own kNN-1 over the 26 landmark test images (one image is 0.0385: at least one more right).
+MIN_GAP_GAIN = 0.07
+MIN_TOP1_GAIN = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,8 @@ def world(tmp_path_factory):
 
 
 def gains(world, name: str, settings=()) -> tuple[float, float]:
-    """(GAP gain, top-1 gain) of a fine-tune with ``settings`` over ImageNet kNN-1, with retrieval."""
+    """(GAP gain, top-1 gain) of a fine-tune with ``settings`` over ImageNet kNN-1: GAP with the linear rule
+    and retrieval, top-1 of the fine-tuned embedding's own kNN-1."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -55,10 +59,11 @@ def gains(world, name: str, settings=()) -> tuple[float, float]:
     Q.fine_tune(world["tfrec"], base / "model", Q.config(IMAGE_SIZE, [*TRAIN, *settings]))
     index, _ = Q.indexes(base / "model", world["tfrec"], Q.OXPARIS / "distractors", base / "index")
     got = Q.evaluate(base / "model", Q.OXPARIS, base / "eval", index=index)
+    knn = Q.evaluate(base / "model", Q.OXPARIS, base / "eval", index=index, overrides=Q.KNN1)
     ref = world["ref"]
     print(f"{name}: GAP {got['gap']:.4f} vs ImageNet kNN-1 {ref['gap']:.4f}, "
-          f"top-1 {got['top1']:.3f} vs {ref['top1']:.3f}")
-    return got["gap"] - ref["gap"], got["top1"] - ref["top1"]
+          f"kNN-1 top-1 {knn['top1']:.3f} vs {ref['top1']:.3f}")
+    return got["gap"] - ref["gap"], knn["top1"] - ref["top1"]
 
 
 def learned(gap_gain: float, top1_gain: float) -> bool:
