@@ -52,7 +52,7 @@ def test_backbone_weights_come_from_a_local_file(tmp_path):
     # Offline (here, CI, the competition kernel) "imagenet" fails at once and says which file to give.
     with pytest.raises(UserError, match=r"model.weights=/path/to/efficientnetv2s_notop.h5"):
         build_backbone(config_from_dict({}, ["data.image_size=32", "model.weights=imagenet"]))
-    with pytest.raises(UserError, match="not a keras.applications model"):
+    with pytest.raises(UserError, match="nor a keras.applications model"):
         build_backbone(config_from_dict({}, ["model.backbone=ResNet9000"]))
 
 
