@@ -2,12 +2,11 @@
 its GAP beats guessing on the same sample."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import run_cli
 
 from landmark_kaggle.evaluate.metrics import global_average_precision
 from landmark_kaggle.evaluate.submission import read_solution, read_submission, solution_truth, validate_submission
@@ -44,8 +43,7 @@ STAGES = ["sample", "stats", "write noisy", "train noisy", "embed", "clean", "wr
 @pytest.mark.slow
 def test_quick_dry_run_end_to_end(tmp_path):
     out = tmp_path / "dry"
-    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "dry-run", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = run_cli("dry-run", "--quick", "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "short first training on the noisy data" in proc.stdout
     report = json.loads((out / "report.json").read_text())

@@ -84,11 +84,6 @@ def standin() -> Path:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    return kernels.build_wheel(tmp_path_factory.mktemp("wheel") / kernels.WHEEL_DATASET)
-
-
-@pytest.fixture(scope="module")
 def competition(tmp_path_factory, realdata) -> Path:
     """The 13 real GLDv2 test photos as a competition folder (test/a/b/c/<id>.jpg + sample_submission.csv)."""
     return competition_folder(tmp_path_factory.mktemp("comp") / COMPETITION, realdata)
