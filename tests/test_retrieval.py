@@ -97,7 +97,7 @@ def test_interrupted_index_resumes_to_the_same_rows(world, tmp_path):
         retrieval.RetrievalIndex(out)
     # The finished chunks' markers dated to 2001: a chunk that is embedded again gets a new one, dated now.
     finished = sorted((out / "chunks").glob("*.json"))
-    assert len(finished) == -(-len(first) // 16) - 1 >= 3
+    assert len(finished) == -(-len(first) // 16) - 1 >= 2  # 42 rows: chunks 0 and 2 finished, 1 to redo
     for marker in finished:
         os.utime(marker, ns=(10**18, 10**18))
     build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
