@@ -1,14 +1,28 @@
-"""Shared pytest setup: quiet TensorFlow, keep Keras on the CPU, and the session fixtures several files use.
+"""Shared pytest setup: quiet TensorFlow, keep Keras on the CPU, a home folder of the session's own, and the
+session fixtures several files use.
 
 Each data fixture builds once per test session under pytest's base temp; the
 builders live in ``helpers.py`` (benchmarks use them too). ``kaggle_server`` and
 ``kaggle_env`` put a recording Kaggle API (``kaggle_server.py``) behind the real client.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# The user's home holds state that changes what a test sees: Keras's cache of downloaded weights
+# (~/.keras/models: a cached ImageNet file makes "no weights, no network" succeed), keras.json (the backend),
+# the kaggle client's credentials. Every test and every process it starts gets an empty home instead, set
+# here, before anything imports Keras (it reads KERAS_HOME once, at import).
+HOME = tempfile.mkdtemp(prefix="landmark-kaggle-tests-home-")
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
+os.environ.update(HOME=HOME, KERAS_HOME=os.path.join(HOME, ".keras"))
+for _name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+    os.environ.pop(_name, None)
 
 import kaggle_server as kaggle_api  # noqa: E402
 import pytest  # noqa: E402
@@ -25,7 +39,7 @@ def realdata():
 
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory):
-    """The embedded sample in GLDv2 layout (4 classes, up to 8 images each, 48x64)."""
+    """The embedded sample in GLDv2 layout (4 classes, up to 8 images each, 48x64); read-only for tests."""
     from landmark_kaggle.data.sample import make_sample
 
     root = tmp_path_factory.getbasetemp() / "session_sample"
@@ -37,6 +51,14 @@ def sample(tmp_path_factory):
 def shards(tmp_path_factory):
     """Tiny train/validation shards of a 4-class sample, written with ``records.encode_example``."""
     return make_shards(tmp_path_factory.getbasetemp() / "session_shards")
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """This checkout's wheel (``kernels.build_wheel``), built once, in a folder of its own: the wheel dataset."""
+    from landmark_kaggle.kaggle import kernels
+
+    return kernels.build_wheel(tmp_path_factory.getbasetemp() / "session_wheel" / kernels.WHEEL_DATASET)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ REALDATA = DATA / "gldv2-test-images"
 # 217 labelled Oxford/Paris landmark photos in GLDv2 layout with a solution.csv and a distractors/ gallery.
 OXPARIS = DATA / "oxparis"
 CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
+BUILDER_CLI = [sys.executable, "-m", "tfrec_builder.cli"]
 
 
 def hid(name: str) -> str:
@@ -263,10 +266,11 @@ def ensemble_world(base: Path, world: dict) -> dict:
     return out
 
 
-def run_cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    """``landmark-kaggle ARGS`` in a subprocess (the way a user runs it), output captured."""
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)
+def run_cli(*args, builder: bool = False, cwd=None, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``landmark-kaggle ARGS`` (``tfrec-builder ARGS`` with ``builder``) in a subprocess, the way a user runs it,
+    output captured."""
+    return subprocess.run((BUILDER_CLI if builder else CLI) + [str(a) for a in args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
 
 
 def score_json(solution, submission) -> dict:
@@ -327,32 +331,121 @@ def competition_folder(out: Path, images: list[Path], seed: int = 3) -> Path:
     return out
 
 
-def kernel_process(name: str, inp: Path, working: Path, rendered: Path, *, python=sys.executable,
-                   settings: list[str] = ()) -> tuple[list[str], dict, Path]:
-    """(command, environment, cwd) that run kernel ``name`` as ``kernels push`` sends it, as Kaggle would:
-    cwd = the working root, the roots moved by the environment, no package index, none of this checkout on the
-    path. ``settings`` go to the kernel's command as ``--set`` through LANDMARK_KAGGLE_ARGS (kernels/prelude.py).
+def kernel_process(kernel: str | Path, inp: Path, working: Path, rendered: Path | None = None, *,
+                   python=sys.executable, settings: list[str] = (), args: str = "",
+                   plan: bool = False) -> tuple[list[str], dict, Path]:
+    """(command, environment, cwd) that run a kernel as Kaggle would: cwd = the working root, the roots moved by
+    the environment, no package index, none of this checkout on the path.
+
+    ``kernel`` is a kernel name, rendered into ``rendered`` as ``kernels push`` sends it, or the path of a
+    script rendered already. ``settings`` go to the kernel's command as ``--set``, ``args`` as they are, both
+    through LANDMARK_KAGGLE_ARGS (kernels/prelude.py); ``plan`` asks the launcher to print its command, not run
+    it (LANDMARK_KAGGLE_PLAN).
     """
     from landmark_kaggle.kaggle import kernels
     from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV
 
-    working.mkdir(parents=True)
-    folder = kernels.render_kernel(name, "alice", rendered)
-    script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
+    working.mkdir(parents=True, exist_ok=True)
+    if isinstance(kernel, Path):
+        script = kernel
+    else:
+        folder = kernels.render_kernel(kernel, "alice", rendered)
+        script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "KERAS_BACKEND", "XLA_FLAGS")}
     env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
                 "TF_CPP_MIN_LOG_LEVEL": "2"})
-    if settings:
-        env["LANDMARK_KAGGLE_ARGS"] = shlex.join(a for s in settings for a in ("--set", s))
+    extra = " ".join(x for x in (shlex.join(a for s in settings for a in ("--set", s)), args) if x)
+    if extra:
+        env["LANDMARK_KAGGLE_ARGS"] = extra
+    if plan:
+        env["LANDMARK_KAGGLE_PLAN"] = "1"
     return [str(python), str(script)], env, working
 
 
-def run_kernel(name: str, inp: Path, working: Path, rendered: Path, *, python=sys.executable,
-               settings: list[str] = (), timeout: int = 900) -> subprocess.CompletedProcess:
-    """Render kernel ``name`` and run it to the end (``kernel_process``)."""
-    cmd, env, cwd = kernel_process(name, inp, working, rendered, python=python, settings=settings)
+def run_kernel(kernel: str | Path, inp: Path, working: Path, rendered: Path | None = None, *,
+               python=sys.executable, settings: list[str] = (), args: str = "", plan: bool = False,
+               wait: bool = True, timeout: int = 900):
+    """Run a kernel as Kaggle would (``kernel_process``) to the end. ``wait=False`` returns the running
+    ``Popen`` (stdout and stderr merged), in its own process group, so that ``kill_mid_run(..., group=True)``
+    stops the launcher and the command it runs, as Kaggle would."""
+    cmd, env, cwd = kernel_process(kernel, inp, working, rendered, python=python, settings=settings, args=args,
+                                   plan=plan)
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- killing a run mid-way, for the resume tests -----------------------------------------------------------------
+
+def _state(pid: int) -> str:
+    """The kernel's one-letter state of process (or thread) ``pid``: R, S, D, T stopped, Z exited...; X: gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "X"
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (or the process exited)."""
+    return all(_state(int(t.name)) in "TtZX" for t in Path(f"/proc/{pid}/task").glob("[0-9]*"))
+
+
+def _members(proc: subprocess.Popen, group: bool) -> list[int]:
+    if not group:
+        return [proc.pid]
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == proc.pid:
+                pids.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return pids
+
+
+def _signal(proc: subprocess.Popen, sig: int, group: bool) -> None:
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+
+
+def freeze(proc: subprocess.Popen, group: bool = False) -> None:
+    """SIGSTOP ``proc`` (with ``group``: its whole process group) and wait until the kernel reports every member
+    stopped: from then on it writes nothing, so what a test reads is where the run stands."""
+    _signal(proc, signal.SIGSTOP, group)
+    deadline = time.monotonic() + 30
+    while not all(_stopped(pid) for pid in _members(proc, group)):
+        assert time.monotonic() < deadline, "the process did not stop within 30 s of SIGSTOP"
+        time.sleep(0.001)
+
+
+def kill_mid_run(proc: subprocess.Popen, progress, wanted, *, group: bool = False, timeout: float = 600):
+    """SIGKILL the running ``proc`` once ``wanted(progress())`` holds; returns that progress.
+
+    Each look freezes the process first (``freeze``), so progress is read while it cannot move and the kill
+    lands exactly there, never after the run ended; a look that finds too little lets it run on (SIGCONT).
+    A run that ends before ``wanted`` holds fails the test.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        freeze(proc, group)
+        seen = progress()
+        if _state(proc.pid) in "ZX":  # it exited between the poll and the SIGSTOP: seen is the finished run's
+            break
+        if wanted(seen):
+            _signal(proc, signal.SIGKILL, group)
+            proc.wait(timeout=60)
+            return seen
+        _signal(proc, signal.SIGCONT, group)
+        time.sleep(0.01)
+    if proc.poll() is None:
+        _signal(proc, signal.SIGKILL, group)
+        proc.wait(timeout=60)
+    raise AssertionError(f"the run ended (exit code {proc.returncode}) before the progress wanted; it reached "
+                         f"{progress()!r}")
 
 
 # -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------

@@ -11,40 +11,23 @@ the internet.
 """
 
 import json
-import os
 import shutil
-import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import real_folder
+from helpers import kill_mid_run, real_folder, run_cli, run_kernel
 
 from landmark_kaggle import paths
 from landmark_kaggle.data import embstore
 from landmark_kaggle.kaggle import kernels
-from landmark_kaggle.paths import KAGGLE_INPUT_ENV, KAGGLE_WORKING_ENV, find_inputs
+from landmark_kaggle.paths import find_inputs
 
 BACKBONE = "--backend keras:MobileNetV3Small --weights none --image-size 32 --batch-size 4"
 CHUNK = 6
-CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
-
-
-def run_kernel(script: Path, inp: Path, working: Path, args: str, *, wait: bool = True):
-    working.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
-                "LANDMARK_KAGGLE_ARGS": args})
-    cmd = [sys.executable, str(script)]
-    if not wait:  # its own process group: a kill takes the launcher and the command it runs, as Kaggle's would
-        return subprocess.Popen(cmd, cwd=working, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    return subprocess.run(cmd, cwd=working, env=env, capture_output=True, text=True, timeout=900)
 
 
 def attach(output: Path, inp: Path, slug: str) -> Path:
@@ -63,15 +46,15 @@ def attach(output: Path, inp: Path, slug: str) -> Path:
 def render(tmp: Path, name: str, *extra: str) -> Path:
     """``landmark-kaggle kernels push NAME … --dry-run``: the folder a push would send."""
     out = tmp / "rendered" / f"{name}-{len(list(tmp.glob('rendered/*')))}"
-    proc = subprocess.run(CLI + ["kernels", "push", name, "--user", "alice", "--dry-run", "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli("kernels", "push", name, "--user", "alice", "--dry-run", "--out", out, *extra, timeout=120)
     assert proc.returncode == 0, proc.stderr
     folder = Path(proc.stdout.split("rendered ", 1)[1].split(" (not pushed)")[0]).parent
     return folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
 
 
 def _chunks_done(store: Path) -> int:
-    return len(list((store / embstore.CHUNKS).glob("*.json")))
+    # Markers only: a kill can leave a marker's temporary file (.00003.<pid>.tmp.json) beside them.
+    return len(list((store / embstore.CHUNKS).glob("[0-9]*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -112,27 +95,26 @@ def embedded(tree):
 
     # An independent, uninterrupted embed of the same images: what the three versions must add up to.
     ref = base / "reference"
-    proc = subprocess.run([sys.executable, "-m", "tfrec_builder.cli", "embed", "--data", str(tree["comp"]),
-                           "--out", str(ref), *args.split()], capture_output=True, text=True, timeout=600)
+    proc = run_cli("embed", "--data", tree["comp"], "--out", ref, *args.split(), builder=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     v1 = base / "v1"
-    proc = run_kernel(script, inp, v1, "", wait=False)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and _chunks_done(v1 / "embeddings") < 2:
-        time.sleep(0.005)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log1 = proc.communicate()[0]
-    killed_at = _chunks_done(v1 / "embeddings")
+    proc = run_kernel(script, inp, v1, wait=False)
+    # The launcher and the embed it runs, frozen together before each look (its stdout is read afterwards:
+    # a few KB, well within the pipe's buffer).
+    try:
+        killed_at = kill_mid_run(proc, lambda: _chunks_done(v1 / "embeddings"), lambda n: n >= 2, group=True,
+                                 timeout=300)
+    finally:
+        log1 = proc.communicate()[0]
     attach(v1, inp, "landmark-kaggle-build-embed")
 
     v2 = base / "v2"
-    out2 = run_kernel(script, inp, v2, "--time-budget 0s")  # one chunk: at least one a run
+    out2 = run_kernel(script, inp, v2, args="--time-budget 0s")  # one chunk: at least one a run
     attach(v2, inp, "landmark-kaggle-build-embed")  # Kaggle mounts the latest version's output
 
     v3 = base / "v3"
-    out3 = run_kernel(script, inp, v3, "")
+    out3 = run_kernel(script, inp, v3)
     return dict(ref=ref, total=total, killed_at=killed_at, log1=log1, out2=out2, out3=out3, v1=v1, v2=v2, v3=v3,
                 seconds=time.time() - started)
 
@@ -188,12 +170,12 @@ def written(tree, embedded):
     args = (f"--max-part-gb {cap!r} --image-size 200 --shard-mb 0.25 --val-fraction 0.1 --workers 1 "
             "--no-progress")
     started = time.time()
-    first = run_kernel(render(base, "build-write", "--part", "1"), inp, base / "w1", args)
+    first = run_kernel(render(base, "build-write", "--part", "1"), inp, base / "w1", args=args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     count = json.loads((base / "w1" / "tfrec" / "parts.json").read_text())["count"]
     outs = {1: first}
     for k in range(2, count + 1):
-        outs[k] = run_kernel(render(base, "build-write", "--part", str(k)), inp, base / f"w{k}", args)
+        outs[k] = run_kernel(render(base, "build-write", "--part", str(k)), inp, base / f"w{k}", args=args)
     seconds = time.time() - started
     # What the train kernel sees: every part kernel's output attached side by side.
     train_inp = base / "input-train"
@@ -257,7 +239,7 @@ def test_the_train_kernel_finds_every_part_by_content_and_reads_all_of_them(tree
     started = time.time()
     working = tree["base"] / "train-working"
     proc = run_kernel(render(tree["base"], "train", "--shards", str(written["count"])), inp, working,
-                      " ".join(f"--set {x}" for x in settings))
+                      settings=settings)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"train --kaggle: shards {', '.join(map(str, found))};" in proc.stdout
     saved = json.loads((working / "model" / "config.json").read_text())

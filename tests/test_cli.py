@@ -5,12 +5,10 @@ import re
 import subprocess
 import sys
 
+from helpers import run_cli
+
 from landmark_kaggle.cli import COMMANDS, main
 from tfrec_builder.cli import COMMANDS as BUILDER_COMMANDS
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", *args], capture_output=True, text=True)
 
 
 def listed_commands(help_text):
@@ -27,7 +25,7 @@ def test_help_lists_every_subcommand():
 
 
 def test_builder_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "tfrec_builder.cli", "--help"], capture_output=True, text=True)
+    out = run_cli("--help", builder=True)
     assert out.returncode == 0
     assert listed_commands(out.stdout) == list(BUILDER_COMMANDS)
 

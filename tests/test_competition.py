@@ -10,14 +10,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLI, chance_bar, run_kernel, score_json
+from helpers import CLI, chance_bar, kill_mid_run, run_kernel, score_json
 
 pytestmark = pytest.mark.slow
 
@@ -123,20 +121,26 @@ def test_a_killed_predict_resumes_the_competition_index(world, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(command(killed, tmp_path / "a.csv"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((killed / "chunks").glob("*.json")):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done, chunks = len(list((killed / "chunks").glob("*.json"))), -(-total_rows // 32)
-    assert 1 <= done < chunks, f"the kill should land mid-embedding ({done} of {chunks} chunks)"
+    chunks = -(-total_rows // 32)
+
+    def markers():  # not a marker's temporary file (.00003.<pid>.tmp.json), which a kill can leave behind
+        return sorted(p.name for p in (killed / "chunks").glob("[0-9]*.json"))
+
+    done = kill_mid_run(proc, markers, lambda names: len(names) >= 1)  # read while frozen: what the kill left
+    assert 1 <= len(done) < chunks, f"the kill should land mid-embedding ({len(done)} of {chunks} chunks)"
+    assert markers() == done
     # The test images were answered before the train set was embedded: a complete submission is already there.
     from landmark_kaggle.evaluate.submission import read_submission, validate_submission
 
     ids = sorted(p.stem for p in (world["root"] / "test").rglob("*.jpg"))
     validate_submission(read_submission(tmp_path / "a.csv"), ids, source=tmp_path / "a.csv")
+    # The finished chunks' markers dated to 2001: a chunk embedded again by the resumed run gets a new one.
+    for name in done:
+        os.utime(killed / "chunks" / name, ns=(10**18, 10**18))
     again = subprocess.run(command(killed, tmp_path / "a.csv"), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+    kept = [n for n in markers() if (killed / "chunks" / n).stat().st_mtime_ns == 10**18]
+    assert kept == done and len(markers()) == chunks  # every finished chunk kept; only the others embedded
     fresh = subprocess.run(command(tmp_path / "fresh", tmp_path / "b.csv"), env=env, capture_output=True, text=True,
                            timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-2000:]

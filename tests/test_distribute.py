@@ -275,14 +275,21 @@ def _replicas_by_hand(shards, cfg, steps, replicas=2, sync_at=()):
                   for r in range(replicas)]
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
+def _held_ports(n):
+    """``n`` ports on 127.0.0.1, bound here and held open (not listening) while the workers start.
+
+    SO_REUSEPORT on both sides lets a worker's gRPC server bind a held port (TF_GRPC_REUSE_PORT=1 in its
+    environment), while anything else that asks for a port (a bind, or the kernel choosing one for an
+    outgoing connection) cannot take it in between, as it could if the ports were closed before the workers
+    started. Close the sockets once the workers are done.
+    """
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+        socks.append(s)
+    return socks, [s.getsockname()[1] for s in socks]
 
 
 @pytest.mark.slow
@@ -294,13 +301,18 @@ def test_two_workers_train_the_weights_two_replicas_must_on_the_same_global_batc
     Two workers that did not exchange gradients would each follow their own half-batches (and differ from
     each other); training on whole batches (BatchNorm over 8 images, not 4) is computed too and must not match.
     """
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    held, ports = _held_ports(2)
+    workers = [f"127.0.0.1:{p}" for p in ports]
     scripts, envs = [], []
     for i in range(2):
         scripts.append(WORKER.format(SMALL=SMALL, MW=MW, shards=str(shards), out=str(tmp_path)))
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
-        envs.append(_env(TF_CONFIG=json.dumps(tf_config)))
-    res = _run_children(scripts, envs)
+        envs.append(_env(TF_CONFIG=json.dumps(tf_config), TF_GRPC_REUSE_PORT="1"))
+    try:
+        res = _run_children(scripts, envs)
+    finally:
+        for sock in held:
+            sock.close()
     assert [r["chief"] for r in res] == [True, False]
     assert all(r["replicas"] == 2 and r["status"] == "complete" and r["global_step"] == 3 for r in res)
     assert res[0]["loss"] == res[1]["loss"]

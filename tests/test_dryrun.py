@@ -7,13 +7,11 @@ noise images (precision and recall 1.000) and the fine-tuned model scored GAP 0.
 val top-1 0.857; without ImageNet the quick run scored 0.28 / 0.30."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import chance_gap
+from helpers import chance_gap, run_cli
 
 from landmark_kaggle.evaluate.submission import read_solution, read_submission, validate_submission
 
@@ -27,8 +25,7 @@ SELF_CLEANING = ["write noisy", "train noisy"]  # before "embed" with --no-image
 def test_quick_dry_run_end_to_end(tmp_path, imagenet):
     out = tmp_path / "dry"
     flags = [] if imagenet else ["--no-imagenet"]
-    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "dry-run", "--quick", "--out", str(out),
-                           *flags], capture_output=True, text=True, timeout=900)
+    proc = run_cli("dry-run", "--quick", "--out", out, *flags, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     if imagenet:

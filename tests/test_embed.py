@@ -2,6 +2,8 @@
 
 import json
 import os
+import pwd
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,20 +11,12 @@ import pytest
 
 from landmark_kaggle.data.embstore import StoreError, open_store, probe_image
 from landmark_kaggle.data.gld import image_path
-from landmark_kaggle.data.sample import make_sample
 from tfrec_builder import cli
 from tfrec_builder.backends import BackendError, build_backend, l2_normalize, resize_square
 from tfrec_builder.embed import embed_dataset, read_image
 
 APP = "keras:MobileNetV3Small"  # the cheapest keras.applications model that takes 32 px inputs
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gld") / "data"
-    make_sample(root, num_classes=4, max_per_class=8, image_size=(48, 64))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +142,15 @@ def test_weights_from_a_local_file(sample, tmp_path):
     assert np.abs(got - l2_normalize(build_backend(APP, "none", SIZE).embed([probe_image(SIZE)]))).max() > 1e-2
     with pytest.raises(BackendError, match="weights file .*nope.h5 not found"):
         build_backend(APP, str(tmp_path / "nope.h5"), SIZE)
+
+
+def test_the_keras_cache_is_the_test_sessions_own():
+    # conftest gives the session an empty home: a weights file the user's Keras once cached cannot stand in
+    # for the missing network in the test below.
+    from keras.src.backend.config import keras_home
+
+    assert Path.home() != Path(pwd.getpwuid(os.getuid()).pw_dir)
+    assert Path(keras_home()).is_relative_to(Path.home()) and not (Path(keras_home()) / "models").exists()
 
 
 def test_no_weights_and_no_network_names_the_file_to_provide(sample, tmp_path, capsys):

@@ -10,7 +10,6 @@ import pytest
 from helpers import REALDATA
 
 from landmark_kaggle.data import gld
-from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
@@ -44,13 +43,6 @@ def varied_real_folder(root: Path, per_photo: int = 12, seed: int = 0) -> Path:
             path.write_bytes(data.tobytes())
             rows.append((image_id, 500 + k))
     pd.DataFrame(rows, columns=["id", "landmark_id"]).to_csv(root / "train.csv", index=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gld")
-    make_sample(root, num_classes=4, max_per_class=8, image_size=(48, 64))
     return root
 
 

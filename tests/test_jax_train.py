@@ -23,11 +23,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import CLI, kill_mid_run
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.data.pipeline import build_dataset
@@ -50,7 +50,7 @@ def _env():
 
 
 def _train_args(shards, out, devices, *extra):
-    args = [sys.executable, "-m", "landmark_kaggle.cli", "train", "--data", str(shards), "--out", str(out),
+    args = [*CLI, "train", "--data", str(shards), "--out", str(out),
             "--devices", devices, "--init-from", str(shards.parent / "jax-start")]
     for s in SETTINGS:
         args += ["--set", s]
@@ -95,20 +95,14 @@ def killed(shards, start, tmp_path_factory):
     """A run SIGKILLed right after its first mid-epoch checkpoint; returns (folder, copy of that checkpoint)."""
     base = tmp_path_factory.mktemp("jax8killed")
     out, state = base / "model", base / "model" / "checkpoint" / "state.json"
-    proc = subprocess.Popen(_train_args(shards, out, "cpu:8"), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 900
-        while proc.poll() is None and time.monotonic() < deadline:
-            if state.is_file() and json.loads(state.read_text())["global_step"] >= 2:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run (exit {proc.returncode}): {err[-2000:]}"
+    with (base / "train.log").open("w") as log:
+        proc = subprocess.Popen(_train_args(shards, out, "cpu:8"), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            kill_mid_run(proc, lambda: json.loads(state.read_text()) if state.is_file() else None,
+                         lambda s: s is not None and s["global_step"] >= 2, timeout=900)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{(base / 'train.log').read_text()[-2000:]}") from None
+    assert proc.returncode == -signal.SIGKILL
     snapshot = base / "at-kill"
     shutil.copytree(out / "checkpoint", snapshot)
     return out, snapshot
@@ -207,7 +201,7 @@ print(keras.__version__, __import__("landmark_kaggle").__file__)
 
 
 @pytest.mark.slow
-def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_path(shards, eight, tmp_path):
+def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_path(shards, eight, wheel, tmp_path):
     from landmark_kaggle.infer.embedder import load_for_inference
 
     out8 = eight[0]
@@ -228,9 +222,7 @@ def test_a_jax_trained_model_gives_the_same_logits_in_the_tensorflow_submission_
     # ... and on Kaggle's GPU image, installed as the submission kernel installs it.
     from helpers import standin_python
 
-    from landmark_kaggle.kaggle import kernels
     python, site = standin_python("gpu"), tmp_path / "site"
-    wheel = kernels.build_wheel(tmp_path / "wheel")
     env = {k: v for k, v in _env().items() if k != "VIRTUAL_ENV"}
     subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target", str(site),
                     str(wheel)], check=True, env=env)

@@ -8,7 +8,6 @@ project environment (Keras 3.15.1): a whole-model ``model.keras`` from there
 does not load in the stand-in, our model folder must, and the numbers must agree.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import LAYOUTS, competition_folder, kaggle_input_tree, run_kernel
+from helpers import LAYOUTS, competition_folder, kaggle_input_tree, run_kernel, standin_python
 
 from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.paths import COMPETITION
 
 REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / ".venv-kaggle-gpu"
-REQUIREMENTS = REPO / "envs" / "kaggle-gpu.txt"
 # What the issue lists for Kaggle's GPU image (envs/kaggle-gpu.txt says where each comes from).
 IMAGE = {"python": "3.12", "tensorflow": "2.20.0", "keras": "3.13.2", "numpy": "2.0.2", "pandas": "2.2.2",
          "sklearn": "1.6.1", "cv2": "4.13.0", "google_crc32c": "1.8.0"}
@@ -74,18 +71,7 @@ print(json.dumps({"versions": versions, "whole_model_keras": keras_file}))
 @pytest.fixture(scope="module")
 def standin() -> Path:
     """The stand-in's python; missing or built from an older envs/kaggle-gpu.txt is a failure, not a skip."""
-    python = STANDIN / "bin" / "python"
-    stamp = STANDIN / ".requirements.sha256"
-    assert python.is_file(), f"no {python}: build the stand-in with `bash envs/setup.sh gpu` (README command (b))"
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    assert stamp.is_file() and stamp.read_text().strip() == want, \
-        f"{STANDIN} was built from another {REQUIREMENTS.name}: rerun `bash envs/setup.sh gpu`"
-    return python
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    return kernels.build_wheel(tmp_path_factory.mktemp("wheel") / kernels.WHEEL_DATASET)
+    return standin_python("gpu")
 
 
 @pytest.fixture(scope="module")

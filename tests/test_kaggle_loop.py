@@ -6,16 +6,14 @@ the server received and what came back.
 """
 
 import json
-import subprocess
-import sys
 
-CLI = [sys.executable, "-m", "landmark_kaggle.cli", "kernels"]
+from helpers import run_cli
+
 SUBMISSION = "alice/landmark-kaggle-submission"
 
 
 def _cli(args, env, cwd):
-    return subprocess.run(CLI + [str(a) for a in args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return run_cli("kernels", *args, env=env, cwd=cwd, timeout=300)
 
 
 CSV = b"id,landmarks\n0123456789abcdef,1000 0.9\n"

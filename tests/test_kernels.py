@@ -11,12 +11,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import LAYOUTS, chance_bar, kaggle_input_tree, score_json
+from helpers import LAYOUTS, chance_bar, kaggle_input_tree, run_cli, run_kernel, score_json
 
 from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.kaggle.build_kernels import WRITE_SLUG, WRITE_TITLE
@@ -62,12 +61,7 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     shutil.copy2(world["root"] / "sample_submission.csv", comp / "sample_submission.csv")
     kernels.bundle(inp, "alice", model_dir=world["model"], index_dir=world["index"],
                    distractors_dir=world["distractors"])
-    working.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1"})
-    script = kernels.render_kernel("submission", "alice", tmp_path / "rendered") / "submission.py"
-    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_kernel("submission", inp, working, tmp_path / "rendered")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The package came from the wheel, installed into the launcher's private folder.
     line = next(x for x in proc.stdout.splitlines() if x.startswith("predict --kaggle: package "))
@@ -88,23 +82,10 @@ def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv", "submission.predict.json"]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    return kernels.build_wheel(tmp_path_factory.mktemp("wheel") / kernels.WHEEL_DATASET)
-
-
 def _plan(name: str, inp: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     """Run launcher NAME as Kaggle would, with LANDMARK_KAGGLE_PLAN=1: it installs the wheel, finds its
     inputs and prints the command it would run, without running it."""
-    working = tmp_path / f"working-{name}"
-    working.mkdir(exist_ok=True)
-    folder = kernels.render_kernel(name, "alice", tmp_path / f"rendered-{name}")
-    script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
-                "LANDMARK_KAGGLE_PLAN": "1"})
-    return subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_kernel(name, inp, tmp_path / f"working-{name}", tmp_path / f"rendered-{name}", plan=True, timeout=300)
 
 
 def _marker_sources(root: Path) -> dict:
@@ -158,8 +139,7 @@ def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, 
     working = tmp_path / "working-train"
     working.mkdir()
     env = {**os.environ, KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working)}
-    proc = subprocess.run([sys.executable, "-m", "landmark_kaggle.cli", "train", "--kaggle"], env=env, cwd=working,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("train", "--kaggle", env=env, cwd=working, timeout=300)
     assert proc.returncode == 2 and "no shard dataset under" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     kaggle_input_tree(inp, "classic", {COMPETITION: sources[COMPETITION]})

@@ -3,16 +3,13 @@
 import json
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import REALDATA
+from helpers import BUILDER_CLI, REALDATA, kill_mid_run
 
 from landmark_kaggle.clibase import UserError
 from landmark_kaggle.data import gld, records
@@ -279,15 +276,11 @@ def test_killed_part_resumes_byte_identical(tmp_path):
     total = len(shard_files(clean / part2))
     assert total >= 8
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tfrec_builder.cli", "write", str(data), "--out", str(out), "--image-size", "300",
+    cmd = [*BUILDER_CLI, "write", str(data), "--out", str(out), "--image-size", "300",
            "--shard-mb", "0.3", "--val-fraction", "0.1", "--max-part-gb", repr(cap), "--part", "2", "--workers", "1",
            "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / part2).glob("*.tfrec"))) < 2 and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(proc, lambda: len(list((out / part2).glob("*.tfrec"))), lambda n: n >= 2, timeout=120)
     done = {p.name: p.stat().st_mtime_ns for p in (out / part2).glob("*.tfrec")}
     assert 2 <= len(done) < total, "the kill should land mid-part"
     assert not (out / part2 / "manifest.json").exists()

@@ -7,22 +7,21 @@ conftest) answers as Kaggle's API does and records every request.
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from kaggle_server import SECRET, TOKEN
 
 from landmark_kaggle.kaggle import command as kernelcli
 from landmark_kaggle.kaggle import credentials, kernels
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "landmark_kaggle.cli"]
 
 
 def _cli(args, env, cwd):
-    return subprocess.run(CLI + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_cli(*args, env=env, cwd=cwd, timeout=300)
 
 
 def _all_bytes(folder: Path):

@@ -1,6 +1,7 @@
 """Retrieval: blocked top-k search, per-landmark voting, blending, non-landmark suppression, the index files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -94,8 +95,15 @@ def test_interrupted_index_resumes_to_the_same_rows(world, tmp_path):
     (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     with pytest.raises(StoreError, match="incomplete"):
         retrieval.RetrievalIndex(out)
+    # The finished chunks' markers dated to 2001: a chunk that is embedded again gets a new one, dated now.
+    finished = sorted((out / "chunks").glob("*.json"))
+    assert len(finished) == -(-len(first) // 16) - 1 >= 2  # 42 rows: chunks 0 and 2 finished, 1 to redo
+    for marker in finished:
+        os.utime(marker, ns=(10**18, 10**18))
     build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
     np.testing.assert_array_equal(np.load(out / "matrix.npy"), first)
+    redone = [m.name for m in sorted((out / "chunks").glob("*.json")) if m.stat().st_mtime_ns != 10**18]
+    assert redone == ["00001.json"]  # only the chunk the kill interrupted was embedded again
 
 
 @pytest.mark.slow

@@ -2,11 +2,8 @@
 
 import io
 import shutil
-import signal
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -14,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from helpers import REALDATA, real_folder
+from helpers import BUILDER_CLI, REALDATA, kill_mid_run, real_folder, run_cli
 from PIL import Image
 
 from landmark_kaggle.data import gld, records
-from landmark_kaggle.data.sample import make_sample
 from landmark_kaggle.errors import UserError
 from tfrec_builder import manifest as mf
 from tfrec_builder.cli import main as tfrec_main
@@ -47,13 +43,6 @@ def output_files(out: Path) -> dict[str, bytes]:
     """The files a byte-identical build must reproduce: every shard plus the three metadata files."""
     names = sorted(p.name for p in out.iterdir() if records.parse_shard_name(p.name)) + list(COMPARED)
     return {n: (out / n).read_bytes() for n in names}
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gld")
-    make_sample(root, num_classes=4, max_per_class=8, image_size=(48, 64))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -237,19 +226,15 @@ def test_killed_write_subprocess_resumes_byte_identical(tmp_path):
     total = len(list(clean.glob("*.tfrec")))
     assert total >= 10
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tfrec_builder.cli", "write", str(data), "--out", str(out), *args]
+    cmd = [*BUILDER_CLI, "write", str(data), "--out", str(out), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.tfrec"))) < 2 and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(proc, lambda: len(list(out.glob("*.tfrec"))), lambda n: n >= 2, timeout=120)
     done = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrec")}
     assert 2 <= len(done) < total, "the kill should land mid-build"
     assert not (out / "manifest.json").exists()
     for name in done:  # whatever is under a final name is whole: same bytes as the clean build
         assert (out / name).read_bytes() == (clean / name).read_bytes()
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rerun = run_cli("write", data, "--out", out, *args, builder=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"({len(done)} already done)" in rerun.stdout
     assert output_files(out) == output_files(clean)

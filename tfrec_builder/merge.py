@@ -29,13 +29,14 @@ def find_parts(dirs: list[Path]) -> list[tuple[Path, dict]]:
             raise UserError(f"{d}: folder not found")
         for path in sorted(mf.build_dir(d).glob("manifest-part-*-of-*.json")):
             found.append((d, mf.read_json(path)))
+    if not found:
+        raise UserError(f"no .build/manifest-part-*.json in {', '.join(map(str, dirs))}: were they written with "
+                        "--num-workers?")
     return found
 
 
 def check_parts(found: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
     """The parts ordered by worker index; raise naming what is missing or inconsistent."""
-    if not found:
-        raise UserError("no .build/manifest-part-*.json in the given folder(s): were they written with --num-workers?")
     plans = {p["plan"] for _, p in found}
     if len(plans) != 1:
         raise UserError(f"the parts come from {len(plans)} different plans (inputs or settings differ): "
@@ -50,9 +51,9 @@ def check_parts(found: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
         by_index.setdefault(part["worker_index"], (d, p))
     missing = sorted(set(range(n)) - set(by_index))
     if missing:
-        raise UserError(f"missing part(s) of worker(s) {', '.join(map(str, missing))} of {n}; "
-                        "run `tfrec-builder write … --worker-index i --num-workers "
-                        f"{n}` for them and merge again")
+        raise UserError(f"missing part(s) of worker(s) {', '.join(map(str, missing))} of {n} in "
+                        f"{', '.join(dict.fromkeys(str(d) for d, _ in found))}; run `tfrec-builder write … "
+                        f"--worker-index i --num-workers {n}` for them and merge again")
     return [by_index[i] for i in range(n)]
 
 

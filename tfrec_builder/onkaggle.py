@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from landmark_kaggle.data.embstore import CHUNKS, META, StoreError
+from landmark_kaggle.data.embstore import CHUNKS, META, StoreError, chunks_done
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.paths import find_inputs, kaggle_working_root
 
@@ -51,7 +51,7 @@ def copy_store(source: Path, dest: Path) -> None:
             shutil.copyfile(path, target)
             total += path.stat().st_size
     tmp.rename(dest)  # whole or not at all: a half-copied store must not look resumable
-    done = len(list((dest / CHUNKS).glob("*.json")))
+    done = chunks_done(dest)
     print(f"embed --kaggle: continuing the store of a previous version: {source} ({done} chunks done, "
           f"{total / 1e9:.2f} GB copied in {time.time() - started:.0f} s)", flush=True)
 
@@ -118,7 +118,7 @@ def store_complete(store: Path) -> bool:
     meta = json.loads((store / META).read_text(encoding="utf-8"))
     if meta.get("complete"):
         return True
-    done = len(list((store / CHUNKS).glob("*.json")))
+    done = chunks_done(store)
     total = -(-int(meta["count"]) // int(meta["chunk_size"]))
     print(f"embed --kaggle: stopped at the time budget with {done} of {total} chunks done; the store in "
           f"{store} is this version's output. Continue it: landmark-kaggle kernels push build-embed --continue")

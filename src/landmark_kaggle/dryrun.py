@@ -116,8 +116,18 @@ def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, we
 
     plan = QUICK if quick else FULL
     out = Path(out)
+    # Every check before the first write: a refused run leaves --out (and --data) as they were.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose an empty or new --out")
     if out.exists() and any(out.iterdir()) and not (out / "dryrun.json").is_file():
         raise UserError(f"{out}: exists and is not a dry-run folder; choose an empty or new --out")
+    if data is not None:
+        data = Path(data)
+        if not (data / "solution.csv").is_file():
+            raise UserError(f"{data}: no solution.csv to score against; make one with `landmark-kaggle subset`")
+        if (out / "dryrun.json").is_file() and data.resolve().is_relative_to(out.resolve()):
+            raise UserError(f"--data {data} lies inside --out {out}, which a new dry-run empties first; "
+                            "copy the data elsewhere or choose another --out")
     if (out / "dryrun.json").is_file():
         shutil.rmtree(out)  # an earlier dry-run's scratch folder: start clean so the figures are this run's
     out.mkdir(parents=True, exist_ok=True)
@@ -131,8 +141,6 @@ def dry_run(data: str | Path | None, out: str | Path, *, quick: bool = False, we
                                               max_per_class=plan.sample_max),
                 lambda s: f"{s['train_images']} train ({s['noise_images']} noise), {s['test_images']} test images")
     data = Path(data)
-    if not (data / "solution.csv").is_file():
-        raise UserError(f"{data}: no solution.csv to score against; make one with `landmark-kaggle subset`")
 
     def stats_stage():
         index = gld.load_train_index(data)

@@ -68,6 +68,11 @@ def probe_image(size: int = 256) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def chunks_done(path: str | os.PathLike) -> int:
+    """Chunk markers in a store folder; not a marker's temporary file (.00003.<pid>.tmp.json) a kill left."""
+    return len(list((Path(path) / CHUNKS).glob("[0-9]*.json")))
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -127,7 +132,7 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Em
     if meta.get("format") != FORMAT:
         raise StoreError(f"{path / META}: format {meta.get('format')!r}, this version reads format {FORMAT}")
     if not meta.get("complete") and not allow_incomplete:
-        done = len(list((path / CHUNKS).glob("*.json")))
+        done = chunks_done(path)
         total = -(-int(meta["count"]) // int(meta["chunk_size"]))
         raise StoreError(f"{path}: incomplete store ({done} of {total} chunks written); "
                          "rerun the same `tfrec-builder embed` command to finish it")

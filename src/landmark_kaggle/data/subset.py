@@ -40,10 +40,10 @@ def make_subset(data_dir: str | Path, out_dir: str | Path, *, classes: int, max_
     """Write the subset and return a summary; ``test`` held-out landmark images, ``distractors`` non-landmarks."""
     if classes < 1 or max_per_class < 1:
         raise UserError("--classes and --max-per-class must be >= 1")
-    index, missing = gld.drop_missing(gld.load_train_index(data_dir), skip_missing)
     out = Path(out_dir)
-    if (out / "train.csv").exists():
-        raise UserError(f"{out}: already holds a dataset (train.csv); choose an empty folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty folder; the subset goes into a new or empty one")
+    index, missing = gld.drop_missing(gld.load_train_index(data_dir), skip_missing)
     rng = np.random.default_rng(seed)
     frame = index.frame
     sizes = frame.groupby("landmark_id").size()

@@ -113,14 +113,14 @@ def build_index(model_dir, out: str | os.PathLike, *, data=None, images: str | N
     from landmark_kaggle.data import pipeline as P
     from landmark_kaggle.infer.ensemble import load_embedder
 
-    if data is not None:
-        P.read_data_label_map(data)  # several folders: the parts of one build, else an error naming two maps
-    embedder = load_embedder(model_dir, overrides)
-    batch_size = batch_size or embedder.config.inference.batch_size
     if (data is None) == (images is None):
         raise UserError("give exactly one of --data TFREC_DIR or --images DIR")
     if nonlandmarks is not None and images is not None:
         raise UserError("--nonlandmarks is for an index of landmarks (--data); B of non-landmark rows means nothing")
+    if data is not None:
+        P.read_data_label_map(data)  # several folders: the parts of one build, else an error naming two maps
+    embedder = load_embedder(model_dir, overrides)
+    batch_size = batch_size or embedder.config.inference.batch_size
     if data is not None:
         files = P.shard_files(data, splits)
         ids, lids = P.tfrec_ids(files)
