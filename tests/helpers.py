@@ -387,22 +387,30 @@ def _state(pid: int) -> str:
         return "X"
 
 
-def _stopped(pid: int) -> bool:
-    """Whether every thread of process ``pid`` is stopped (or the process exited)."""
-    return all(_state(int(t.name)) in "TtZX" for t in Path(f"/proc/{pid}/task").glob("[0-9]*"))
+def _stopped(pid: int, waiting_ok: bool = False) -> bool:
+    """Whether every thread of process ``pid`` is stopped (or the process exited). With ``waiting_ok`` a thread in
+    state D counts too: a parent that vforked a child the SIGSTOP caught before its exec waits for that child,
+    uninterruptibly, and cannot run before the child does."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").glob("[0-9]*"))
+    except FileNotFoundError:  # gone since it was listed
+        return True
+    return all(_state(int(t.name)) in ("TtZXD" if waiting_ok else "TtZX") for t in threads)
 
 
-def _members(proc: subprocess.Popen, group: bool) -> list[int]:
+def _members(proc: subprocess.Popen, group: bool) -> dict[int, int]:
+    """pid -> parent pid of ``proc`` (with ``group``: of every process in its process group)."""
     if not group:
-        return [proc.pid]
-    pids = []
+        return {proc.pid: 0}
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == proc.pid:
-                pids.append(int(stat.parent.name))
+            fields = stat.read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return pids
+        if int(fields[2]) == proc.pid:
+            found[int(stat.parent.name)] = int(fields[1])
+    return found
 
 
 def _signal(proc: subprocess.Popen, sig: int, group: bool) -> None:
@@ -417,8 +425,15 @@ def freeze(proc: subprocess.Popen, group: bool = False) -> None:
     stopped: from then on it writes nothing, so what a test reads is where the run stands."""
     _signal(proc, signal.SIGSTOP, group)
     deadline = time.monotonic() + 30
-    while not all(_stopped(pid) for pid in _members(proc, group)):
-        assert time.monotonic() < deadline, "the process did not stop within 30 s of SIGSTOP"
+    while True:
+        members = _members(proc, group)
+        stopped = {pid for pid in members if _stopped(pid)}
+        waiting = {pid for pid in set(members) - stopped
+                   if any(parent == pid and child in stopped for child, parent in members.items())
+                   and _stopped(pid, waiting_ok=True)}
+        if len(stopped | waiting) == len(members):
+            return
+        assert time.monotonic() < deadline, f"the process did not stop within 30 s of SIGSTOP: {members}"
         time.sleep(0.001)
 
 
@@ -430,22 +445,24 @@ def kill_mid_run(proc: subprocess.Popen, progress, wanted, *, group: bool = Fals
     A run that ends before ``wanted`` holds fails the test.
     """
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        freeze(proc, group)
-        seen = progress()
-        if _state(proc.pid) in "ZX":  # it exited between the poll and the SIGSTOP: seen is the finished run's
-            break
-        if wanted(seen):
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            freeze(proc, group)
+            seen = progress()
+            if _state(proc.pid) in "ZX":  # it exited between the poll and the SIGSTOP: seen is the finished run's
+                break
+            if wanted(seen):
+                _signal(proc, signal.SIGKILL, group)
+                proc.wait(timeout=60)
+                return seen
+            _signal(proc, signal.SIGCONT, group)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:  # not wanted, out of time, or a look that failed: never leave it frozen
             _signal(proc, signal.SIGKILL, group)
             proc.wait(timeout=60)
-            return seen
-        _signal(proc, signal.SIGCONT, group)
-        time.sleep(0.01)
-    if proc.poll() is None:
-        _signal(proc, signal.SIGKILL, group)
-        proc.wait(timeout=60)
-    raise AssertionError(f"the run ended (exit code {proc.returncode}) before the progress wanted; it reached "
-                         f"{progress()!r}")
+    raise AssertionError(f"the run ended (exit code {proc.returncode}, -9: killed after {timeout} s) before the "
+                         f"progress wanted; it reached {progress()!r}")
 
 
 # -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------
