@@ -204,7 +204,9 @@ def get_strategy(name: str = "auto"):
         raise UserError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
     resolver = _find_tpu() if name in ("auto", "tpu") else None
     cluster = _tf_config_has_cluster() if name in ("auto", "multiworker") else False
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical devices, not logical ones: listing logical devices initialises TensorFlow's context, after which
+    # MultiWorkerMirroredStrategy can no longer configure its collective ops ("must be configured at startup").
+    gpus = tf.config.list_physical_devices("GPU")
     kind = strategy_kind(name, tpu=resolver is not None, cluster=cluster, gpus=len(gpus))
     if kind == "tpu":
         return tf.distribute.TPUStrategy(resolver), kind
@@ -212,7 +214,8 @@ def get_strategy(name: str = "auto"):
         return tf.distribute.MultiWorkerMirroredStrategy(), kind
     if kind == "mirrored":
         # On a CPU-only machine this mirrors over the logical CPU devices, if several were configured.
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices), kind
     return tf.distribute.get_strategy(), kind
 
