@@ -234,8 +234,9 @@ def test_the_train_kernel_finds_every_part_by_content_and_reads_all_of_them(tree
     outliers = set(pd.read_csv(written["embed_out"] / "clean" / "outliers.csv", dtype={"id": str})["id"])
     assert sorted(ids) == sorted(set(train["id"]) - outliers)
     # The train kernel itself, from the wheel, rehearsed on the CPU (LANDMARK_KAGGLE_ARGS wins over its settings).
-    settings = ["runtime.strategy=cpu", "runtime.precision=float32", "model.weights=none",
-                "model.backbone=MobileNetV3Small", "data.image_size=32", "train.epochs=1", "train.batch_size=8"]
+    settings = ["runtime.strategy=cpu", "runtime.require_accelerator=false", "runtime.precision=float32",
+                "model.weights=none", "model.backbone=MobileNetV3Small", "data.image_size=32", "train.epochs=1",
+                "train.batch_size=8"]
     started = time.time()
     working = tree["base"] / "train-working"
     proc = run_kernel(render(tree["base"], "train", "--shards", str(written["count"])), inp, working,
