@@ -49,7 +49,7 @@ def test_an_ensemble_concatenates_unit_embeddings_and_averages_cosines(world, en
 
     a, b = load_embedder(world["model"]), load_embedder(ensemble["model_b"])
     pair = load_embedder([world["model"], ensemble["model_b"]])
-    assert [v.image_size for v in pair.views] == [32, 40] and pair.dim == a.dim + b.dim
+    assert [v.image_size for v in pair.views] == [64, 40] and pair.dim == a.dim + b.dim
     va, vb = _test_batch(world, pair.data_cfg)
     cos, emb = pair.embed((va, vb))
     cos_a, emb_a = a.embed(va)
