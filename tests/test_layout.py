@@ -19,14 +19,14 @@ SHARED = {"config", "config_args", "config_migrate", "errors", "fileio", "paths"
 COMMAND_LINE = {"cli", "clibase", "dryrun"}
 # Which rooms each room may import (its own included).
 ALLOWED = {
-    "shared": {"shared"},
-    "data": {"shared", "data"},
-    "evaluate": {"shared", "data", "evaluate"},
-    "model": {"shared", "data", "model"},
-    "train": {"shared", "data", "evaluate", "model", "train"},
-    "infer": {"shared", "data", "evaluate", "model", "infer"},
-    "kaggle": {"shared", "data", "evaluate", "model", "train", "infer", "kaggle"},
-    "tfrec_builder": {"shared", "data", "evaluate", "model", "infer", "tfrec_builder"},
+    "top": {"top"},
+    "data": {"top", "data"},
+    "evaluate": {"top", "data", "evaluate"},
+    "model": {"top", "data", "model"},
+    "train": {"top", "data", "evaluate", "model", "train"},
+    "infer": {"top", "data", "evaluate", "model", "infer"},
+    "kaggle": {"top", "data", "evaluate", "model", "train", "infer", "kaggle"},
+    "tfrec_builder": {"top", "data", "evaluate", "model", "infer", "tfrec_builder"},
 }
 
 
@@ -76,7 +76,7 @@ def room(module: str) -> str:
         return "command_line" if rest == "cli" else "tfrec_builder"
     first = rest.split(".")[0]
     if first in SHARED or not rest:
-        return "shared"
+        return "top"
     return "command_line" if first in COMMAND_LINE else first
 
 
@@ -95,13 +95,13 @@ def test_the_graph_is_read():
     assert "landmark_kaggle.data.pipeline" in GRAPH["landmark_kaggle.train.loop"]
     assert "landmark_kaggle.model.layers" in GRAPH["landmark_kaggle.model.network"]
     assert "landmark_kaggle.kaggle.build_kernels" in GRAPH["landmark_kaggle.kaggle.kernels"]
-    assert room("landmark_kaggle.infer.predict") == "infer" and room("landmark_kaggle.paths") == "shared"
+    assert room("landmark_kaggle.infer.predict") == "infer" and room("landmark_kaggle.paths") == "top"
 
 
 def test_every_room_is_a_folder_with_an_entry_page():
     rooms = {room(m) for m in MODULES if m.startswith("landmark_kaggle.")}
-    assert rooms == {"shared", "data", "evaluate", "model", "train", "infer", "kaggle", "command_line"}
-    for name in rooms - {"shared", "command_line"}:
+    assert rooms == {"top", "data", "evaluate", "model", "train", "infer", "kaggle", "command_line"}
+    for name in rooms - {"top", "command_line"}:
         assert ast.get_docstring(ast.parse((SRC / name / "__init__.py").read_text(encoding="utf-8")))
 
 
