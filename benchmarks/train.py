@@ -35,10 +35,13 @@ row on every GPU):
 
 ``--feed``: how the TPU is fed, on 8 JAX host devices (a v5e-8 stand-in) in one
 process, side by side: float32 images and a step-end callback that reads the
-logs every step (the trainer before issue 21), then uint8 images, then uint8
-with ``steps_per_execution`` steps per compiled call (logs read once a call).
-Prints steps/s, input bytes sent to the devices per step and host syncs per
-step (computed from the settings: a CPU has no host-device link to measure).
+logs every call (the trainer before issue 21), then uint8 images, then uint8
+with ``steps_per_execution`` steps per compiled call; each uint8 model is timed
+twice, with the old callback under Keras's callback list (logs read every call)
+and with the trainer's ``LazyLogsList`` reading every ``--log-every`` steps.
+Prints steps/s, input bytes sent to the devices per step (computed from the
+settings: a CPU has no host-device link to measure) and host syncs per step
+(counted: the calls whose logs were converted, ``tests/helpers.LogReads``).
 
     python benchmarks/train.py --feed [--backbone MobileNetV3Small] [--image-size 64] [--batch 64] [--steps 16]
 
@@ -172,7 +175,12 @@ def feed(args) -> None:
     import numpy as np
     import tensorflow as tf
 
+    # The tests' counter of host reads (tests/helpers.py): the syncs a step are counted, not assumed.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import LogReads
+
     from landmark_kaggle.model.network import build_model
+    from landmark_kaggle.train.callbacks import crosses, lazy_callbacks, read_logs
     from landmark_kaggle.train.distribute import setup_runtime
     from landmark_kaggle.train.optim import compile_model
 
@@ -184,45 +192,63 @@ def feed(args) -> None:
     y = rng.integers(0, args.classes, n)
 
     class ReadLogs(keras.callbacks.Callback):
-        """What the trainer's step-end callback does: bring the loss to the host at each call's end."""
-
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
+        """The trainer's step-end callback before: the loss to the host at each call's end (Keras's callback
+        list converts every call's logs too)."""
 
         def on_train_batch_end(self, batch, logs=None):
-            self.calls += 1
             float(logs["loss"])
 
+    class ReadEvery(keras.callbacks.Callback):
+        """The trainer's rule now (train/callbacks.py StepWatch), under its LazyLogsList: read every N steps,
+        not at the epoch's last call (the epoch's end reads the metrics anyway)."""
+
+        def __init__(self, every: int, per_call: int):
+            super().__init__()
+            self.every, self.per_call = every, per_call
+
+        def on_train_batch_end(self, batch, logs=None):
+            after = batch + 1
+            if after < args.steps and crosses(after - self.per_call, after, self.every):
+                read_logs(logs)
+
     rows = []
-    for name, dtype, per_call in (("float32 feed, 1 step a call", "float32", 1),
-                                  ("uint8 feed, 1 step a call", "uint8", 1),
-                                  (f"uint8 feed, {args.per_call} steps a call", "uint8", args.per_call)):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True)
-        if dtype == "float32":
-            ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
-        ds = ds.cache().repeat().prefetch(2)
-        keras.utils.set_random_seed(0)
-        with rt.scope():
-            with rt.policy():
-                model = build_model(cfg, args.classes)
-            compile_model(model, cfg, steps_per_epoch=args.steps, jit_compile=rt.jit_compile,
-                          steps_per_execution=per_call)
-            reader = ReadLogs()
-            t0 = time.perf_counter()
-            model.fit(ds, epochs=1, steps_per_epoch=2 * per_call, verbose=0)  # traces and compiles
-            first = time.perf_counter() - t0
-            reader.calls = 0
-            t0 = time.perf_counter()
-            model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0, callbacks=[reader])
-            rate = args.steps / (time.perf_counter() - t0)
-        rows.append((name, first, rate, args.batch * args.image_size ** 2 * 3 * (4 if dtype == "float32" else 1),
-                     reader.calls / args.steps))
+    with LogReads() as reads:
+        for name, dtype, per_call in (("float32, 1 step a call", "float32", 1),
+                                      ("uint8, 1 step a call", "uint8", 1),
+                                      (f"uint8, {args.per_call} steps a call", "uint8", args.per_call)):
+            ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True)
+            if dtype == "float32":
+                ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+            ds = ds.cache().repeat().prefetch(2)
+            keras.utils.set_random_seed(0)
+            with rt.scope():
+                with rt.policy():
+                    model = build_model(cfg, args.classes)
+                compile_model(model, cfg, steps_per_epoch=args.steps, jit_compile=rt.jit_compile,
+                              steps_per_execution=per_call)
+                t0 = time.perf_counter()
+                model.fit(ds, epochs=1, steps_per_epoch=2 * per_call, verbose=0)  # traces and compiles
+                first = time.perf_counter() - t0
+                # The same compiled model, twice: Keras's callback list + the old callback, then the trainer's.
+                ways = [("logs read every call", [ReadLogs()])]
+                if dtype == "uint8":
+                    ways.append((f"logs read every {args.log_every} steps",
+                                 lazy_callbacks([ReadEvery(args.log_every, per_call)], model, epochs=1,
+                                                steps=args.steps)))
+                for way, callbacks in ways:
+                    before = len(reads.read)
+                    t0 = time.perf_counter()
+                    model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0, callbacks=callbacks)
+                    rate = args.steps / (time.perf_counter() - t0)
+                    rows.append((f"{name}, {way}", first, rate,
+                                 args.batch * args.image_size ** 2 * 3 * (4 if dtype == "float32" else 1),
+                                 (len(reads.read) - before) / args.steps))
     print(f"{args.backbone}, {args.image_size} px, global batch {args.batch} over {rt.replicas} {rt.kind} device(s), "
-          f"{rt.precision}, {args.steps} timed steps on the same 4 cached batches")
-    print(f"{'feed':<28} {'compile':>8} {'steps/s':>8} {'MB in/step':>10} {'syncs/step':>10} {'vs first':>8}")
+          f"{rt.precision}, {args.steps} timed steps on the same 4 cached batches; syncs counted (helpers.LogReads): "
+          "calls whose step logs reached the host, a step (each fit also reads its epoch metrics once)")
+    print(f"{'feed':<58} {'compile':>8} {'steps/s':>8} {'MB in/step':>10} {'syncs/step':>10} {'vs first':>8}")
     for name, first, rate, nbytes, syncs in rows:
-        print(f"{name:<28} {first:>7.1f}s {rate:>8.3f} {nbytes / 1e6:>10.2f} {syncs:>10.3f} {rate / rows[0][2]:>8.2f}")
+        print(f"{name:<58} {first:>7.1f}s {rate:>8.3f} {nbytes / 1e6:>10.2f} {syncs:>10.4f} {rate / rows[0][2]:>8.2f}")
 
 
 def backends(args) -> None:
@@ -274,6 +300,8 @@ def main() -> None:
                     help="--backends: one JAX row per runtime.devices value (cpu:N, gpu, tpu), comma-separated")
     ap.add_argument("--feed", action="store_true", help="TPU feeding: float32 vs uint8 images, steps per call")
     ap.add_argument("--per-call", type=int, default=8, help="--feed: steps_per_execution of the last row")
+    ap.add_argument("--log-every", type=int, default=8,
+                    help="--feed: session.log_every_steps of the rows with the trainer's callbacks")
     ap.add_argument("--measure", choices=("tensorflow", "jax"), help=argparse.SUPPRESS)
     ap.add_argument("--devices", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--row-precision", default="auto", help=argparse.SUPPRESS)

@@ -482,3 +482,63 @@ def standin_python(kind: str) -> Path:
     assert stamp.is_file() and stamp.read_text().strip() == want, \
         f"{venv} was built from another {requirements.name}: rerun `bash envs/setup.sh {kind}`"
     return python
+
+
+class _LogValue:
+    """One value of a compiled call's logs that records when it is brought to the host (float or numpy)."""
+
+    __slots__ = ("value", "call", "reads")
+
+    def __init__(self, value, call: int, reads: set):
+        self.value, self.call, self.reads = value, call, reads
+
+    def __float__(self):
+        self.reads.add(self.call)
+        return float(self.value)
+
+    def __array__(self, dtype=None, copy=None):
+        self.reads.add(self.call)
+        return np.asarray(self.value, dtype=dtype)
+
+
+class LogReads:
+    """Which compiled training calls had their logs read on the host, by anyone (Keras's callback list included).
+
+    ``with LogReads() as reads: model.fit(...)`` wraps every train function Keras makes meanwhile (TensorFlow's
+    ``train_function(iterator) -> logs``, JAX's ``train_function(state, data) -> (logs, state)``) so that each
+    log value counts its own conversion: ``reads.calls`` calls ran, ``reads.read`` holds the 1-based numbers of
+    those whose logs were read.
+    """
+
+    def __enter__(self):
+        import keras
+
+        self.calls, self.read = 0, set()
+        self._model, self._own = keras.Model, "make_train_function" in vars(keras.Model)
+        original = keras.Model.make_train_function
+
+        def make_train_function(model, force=False):
+            original(model, force=force)
+            inner = model.train_function
+            if not getattr(inner, "_counts_reads", False):
+                def counted(*args):
+                    out = inner(*args)
+                    self.calls += 1
+                    logs, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+                    logs = {k: _LogValue(v, self.calls, self.read) for k, v in logs.items()}
+                    return logs if rest is None else (logs, *rest)
+
+                counted._counts_reads = True
+                model.train_function = counted
+            return model.train_function
+
+        self._original = original
+        keras.Model.make_train_function = make_train_function
+        return self
+
+    def __exit__(self, *exc):
+        if self._own:
+            self._model.make_train_function = self._original
+        else:
+            del self._model.make_train_function
+        return False

@@ -175,8 +175,9 @@ def _third_party(module: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["train.loop", "train.optim", "model.network", "model.layers", "train.schedule",
-                                    "train.memory", "train.kaggle_session", "model.efficientnet_lite", "model.pth"])
+@pytest.mark.parametrize("module", ["train.loop", "train.callbacks", "train.optim", "model.network", "model.layers",
+                                    "train.schedule", "train.memory", "train.kaggle_session", "model.efficientnet_lite",
+                                    "model.pth"])
 def test_the_trainer_is_backend_neutral(module):
     # TensorFlow-only and JAX-only code lives in train/distribute.py (train/backend.py only looks for a TPU
     # before Keras loads).

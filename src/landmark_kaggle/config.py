@@ -125,6 +125,9 @@ class SessionConfig:
 
     time_budget: str = ""  # e.g. "8h30m"; empty: no budget
     checkpoint_every_steps: int = 0
+    # Read the step logs (loss on the progress bar, the devices' step time for the budget) every N steps; each
+    # read waits for the devices, so the host cannot queue the next steps meanwhile.
+    log_every_steps: int = 100
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,7 @@ class Config:
             ("runtime.precision", self.runtime.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("runtime.steps_per_execution", self.runtime.steps_per_execution >= 0, "must be >= 0 (0: auto)"),
             ("session.checkpoint_every_steps", self.session.checkpoint_every_steps >= 0, "must be >= 0"),
+            ("session.log_every_steps", self.session.log_every_steps >= 1, "must be >= 1"),
             ("embeddings.class_sample", 0 <= self.embeddings.class_sample <= 1, "must be in [0, 1] (0: auto)"),
             ("inference.batch_size", self.inference.batch_size >= 1, "must be >= 1"),
             ("inference.topk_neighbours", self.inference.topk_neighbours >= 1, "must be >= 1"),

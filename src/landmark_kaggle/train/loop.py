@@ -31,9 +31,9 @@ from landmark_kaggle.config_args import parse_duration
 from landmark_kaggle.config_migrate import migrate_flat
 from landmark_kaggle.data import pipeline
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.evaluate.metrics import TOP_K
 from landmark_kaggle.fileio import atomic_write_json
 from landmark_kaggle.model.network import build_model, init_from_model_dir, save_model_dir
+from landmark_kaggle.train.callbacks import METRIC_COLUMNS, StepWatch, lazy_callbacks
 from landmark_kaggle.train.distribute import Runtime, global_batch, setup_runtime, steps_per_execution
 from landmark_kaggle.train.optim import compile_model
 from landmark_kaggle.train.plots import plot_history
@@ -41,14 +41,13 @@ from landmark_kaggle.train.schedule import schedule_from_config
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
-METRIC_COLUMNS = ["loss"] + [f"top{k}" for k in TOP_K]
 # Settings that may change between a run and its resumption; any other change makes the checkpoint invalid.
 # embeddings.class_sample only steers train-embeddings, so it may differ from (or be missing in) an image checkpoint.
 # The backend and the devices may change too (a checkpoint holds the same numbers on every one of them), and so
 # may the initial weights, which a checkpoint replaces.
 RESUMABLE_CHANGES = {"train.epochs", "session.time_budget", "session.checkpoint_every_steps", "embeddings.class_sample",
                      "runtime.backend", "runtime.devices", "model.weights", "runtime.require_accelerator",
-                     "runtime.steps_per_execution"}
+                     "runtime.steps_per_execution", "session.log_every_steps"}
 
 
 def _flat(cfg: Config) -> dict:
@@ -100,38 +99,6 @@ def why_not_resumable(state: dict, cfg: Config, where) -> str | None:
     return None
 
 
-class _Watch(keras.callbacks.Callback):
-    """Counts steps, checkpoints every N steps, enforces the time budget, drives the progress bar.
-
-    Keras calls it once per compiled call (``steps_per_execution`` steps), with ``batch`` the call's last step
-    within this ``fit``; reading the logs there is the one host-device sync per call.
-    """
-
-    def __init__(self, trainer: _Trainer):
-        super().__init__()
-        self.t = trainer
-
-    def on_train_batch_end(self, batch, logs=None):
-        t = self.t
-        done = t.fit_start + batch + 1 - t.step_in_epoch
-        before = t.global_step
-        t.step_in_epoch += done
-        t.global_step += done
-        t.last_logs = {k: float(v) for k, v in (logs or {}).items() if k in METRIC_COLUMNS}
-        now = time.monotonic()
-        t.slowest_step = max(t.slowest_step, now - t.last_step_end)
-        t.last_step_end = now
-        if t.bar is not None:
-            t.bar.update(done)
-            t.bar.set_postfix(epoch=t.epoch + 1, loss=f"{t.last_logs.get('loss', float('nan')):.3f}")
-        every = t.cfg.session.checkpoint_every_steps
-        if every and t.global_step // every > before // every and t.step_in_epoch < t.steps_per_epoch:
-            t.save_checkpoint(partial_logs=t.epoch_logs())
-        if t.out_of_time():
-            self.model.stop_training = True
-            t.stopped = "time budget"
-
-
 class _Trainer:
     def __init__(self, data, out_dir, cfg: Config, runtime: Runtime, *, time_budget, progress, init_from=None):
         self.data, self.out, self.cfg, self.rt = pipeline.resolve_data_dirs(data), Path(out_dir), cfg, runtime
@@ -152,10 +119,12 @@ class _Trainer:
         self.last_logs: dict = {}
 
     # -- time and checkpoints ---------------------------------------------------------------
-    def out_of_time(self) -> bool:
+    def out_of_time(self, pending_calls: int = 0) -> bool:
+        """Whether stopping now is needed to finish in the budget; ``pending_calls`` calls may still be
+        running on the devices (dispatched, their logs not read yet), and the host clock is that far ahead."""
         if self.budget is None:
             return False
-        reserve = 3 * self.slowest_step + self.reserve_extra
+        reserve = (3 + pending_calls) * self.slowest_step + self.reserve_extra
         return time.monotonic() - self.started + reserve >= self.budget
 
     def epoch_logs(self) -> dict:
@@ -278,7 +247,7 @@ class _Trainer:
         total = cfg.train.epochs * self.steps_per_epoch
         if self.progress and self.rt.is_chief:
             self.bar = tqdm(total=total, initial=min(self.global_step, total), unit="step", desc="train")
-        watch = _Watch(self)
+        watch = StepWatch(self)
         try:
             while self.epoch < cfg.train.epochs and not self.stopped:
                 self._one_epoch(watch, batch, has_val)
@@ -297,7 +266,7 @@ class _Trainer:
         self.write_history()
         return self._summary(batch)
 
-    def _one_epoch(self, watch: _Watch, batch: int, has_val: bool) -> None:
+    def _one_epoch(self, watch: StepWatch, batch: int, has_val: bool) -> None:
         cfg, e, start = self.cfg, self.epoch, self.step_in_epoch
         t0 = time.monotonic()
         self.fit_start = start
@@ -309,8 +278,9 @@ class _Trainer:
             # and a real shortfall is caught below.
             warnings.filterwarnings("ignore", message=".*(ran out of data|shuffle=True).*")
             with self.rt.scope():
-                self.model.fit(ds, initial_epoch=e, epochs=e + 1, steps_per_epoch=self.steps_per_epoch - start,
-                               callbacks=[watch], verbose=0)
+                steps = self.steps_per_epoch - start
+                self.model.fit(ds, initial_epoch=e, epochs=e + 1, steps_per_epoch=steps, verbose=0,
+                               callbacks=lazy_callbacks([watch], self.model, epochs=e + 1, steps=steps))
         logs = self.epoch_logs()
         if self.step_in_epoch < self.steps_per_epoch and not self.stopped:
             raise UserError(f"{self.data_name}: the training stream ended after {self.step_in_epoch} of "
