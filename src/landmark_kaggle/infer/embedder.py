@@ -5,7 +5,8 @@
 ``cos θ`` over every class and the L2-normalised embedding, both float32 numpy.
 ``predict`` and ``embed-index`` both go through it, so an index and the queries
 searched against it always come from the same network, settings and
-preprocessing.
+preprocessing. With two or more GPUs (Kaggle's T4 ×2) the network is mirrored
+on each and every batch is split between them (``model.replicas``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def load_for_inference(model_dir: str | os.PathLike, overrides: list[str] | tupl
         load_model_dir,
         read_model_config,
     )
+    from landmark_kaggle.model.replicas import replicas
 
     bad = [o for o in overrides if not o.strip().startswith("inference.")]
     if bad:
@@ -64,21 +66,18 @@ def load_for_inference(model_dir: str | os.PathLike, overrides: list[str] | tupl
         cfg = config_from_dict(read_model_config(folder / CONFIG_FILE)[0].to_dict(), overrides)
     else:
         cfg = None
-    bundle = load_model_dir(folder, precision=cfg.inference.precision if cfg else "float32")
+    devices = replicas()
+    with devices.scope():
+        bundle = load_model_dir(folder, precision=cfg.inference.precision if cfg else "float32")
+        both = keras.Model(bundle.model.inputs, [bundle.model.outputs[0], embedding_model(bundle.model).outputs[0]])
     cfg = cfg or bundle.config
-    both = keras.Model(bundle.model.inputs, [bundle.model.outputs[0], embedding_model(bundle.model).outputs[0]])
     scale = float(cfg.model.scale)
 
-    @tf.function(reduce_retracing=True)
     def forward(images):
         logits, emb = both(images, training=False)
         return tf.cast(logits, tf.float32) / scale, tf.cast(emb, tf.float32)
 
-    def embed_fn(images):
-        cos, emb = forward(tf.convert_to_tensor(images, tf.float32))
-        return cos.numpy(), emb.numpy()
-
-    return InferenceBundle(cfg, bundle.label_map, embed_fn, file_sha256(folder / WEIGHTS_FILE), folder)
+    return InferenceBundle(cfg, bundle.label_map, devices.runner(forward), file_sha256(folder / WEIGHTS_FILE), folder)
 
 
 def iterate_batches(fn: Callable, dataset: tf.data.Dataset, batch_size: int) -> Iterator[tuple[list[str], object]]:
