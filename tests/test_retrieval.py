@@ -205,6 +205,18 @@ def test_glr2020_1st_needs_b_from_the_same_nonlandmarks(tmp_path):
     np.testing.assert_allclose(conf, [1.0], atol=1e-3)
 
 
+def test_the_default_rule_runs_with_a_model_alone():
+    # The default inference.scoring must answer with nothing but a model: no index, no non-landmark gallery
+    # (benchmarks/RESULTS.md "Quality on real photos": glr2020_1st led there but cannot run without them).
+    from landmark_kaggle.config import InferenceConfig
+
+    r = retrieval.Retrieval(_label_map([10, 20, 30]), InferenceConfig(), [])
+    cos = np.array([[0.1, 0.7, 0.2], [0.9, 0.0, 0.3]], np.float32)
+    label, conf = r.score(cos.copy(), np.zeros((2, 4), np.float32))
+    assert label.tolist() == [1, 0]  # the classifier's top class
+    np.testing.assert_allclose(conf, [0.7, 0.9], rtol=1e-6)
+
+
 def test_rules_without_what_they_need_are_clear_errors(tmp_path):
     from landmark_kaggle.config import InferenceConfig
 
