@@ -26,7 +26,7 @@ for _name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
 
 import kaggle_server as kaggle_api  # noqa: E402
 import pytest  # noqa: E402
-from helpers import REALDATA, ensemble_world, inference_world, make_shards, real_folder  # noqa: E402
+from helpers import REALDATA, ensemble_world, heavy, inference_world, make_shards, real_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +68,27 @@ def real_photos(tmp_path_factory, realdata):
 
 
 @pytest.fixture(scope="session")
+@heavy
 def world(tmp_path_factory):
     """Sample, shards, a tiny trained model and its retrieval indexes (``helpers.inference_world``)."""
     return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
 
 
 @pytest.fixture(scope="session")
+@heavy
 def ensemble(tmp_path_factory, world):
     """A second tiny model (40 px) and the two models' indexes, with B (``helpers.ensemble_world``)."""
     return ensemble_world(tmp_path_factory.getbasetemp() / "ensemble_world", world)
+
+
+def pytest_collection_modifyitems(items):
+    """``slow`` = over ~20 s: the tests marked so by their own run time, and every test that needs a ``heavy``
+    fixture (a trained model: building it takes longer than the tests that use it)."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        needs = defs.name2fixturedefs.values() if defs else ()
+        if any(getattr(d.func, "heavy", False) for chain in needs for d in chain):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -465,6 +465,13 @@ def kill_mid_run(proc: subprocess.Popen, progress, wanted, *, group: bool = Fals
                          f"progress wanted; it reached {progress()!r}")
 
 
+def heavy(fixture_function):
+    """Put under ``@pytest.fixture``: the fixture trains or embeds with a real network (well over 20 s to build),
+    so conftest marks every test that needs it ``slow`` (``pytest -m "not slow"`` never builds it)."""
+    fixture_function.heavy = True
+    return fixture_function
+
+
 # -- the stand-ins for Kaggle's images (envs/kaggle-gpu.txt, envs/kaggle-tpu.txt), built by `bash envs/setup.sh` ------
 
 REPO = Path(__file__).resolve().parents[1]

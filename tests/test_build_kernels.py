@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import kill_mid_run, real_folder, run_cli, run_kernel
+from helpers import heavy, kill_mid_run, real_folder, run_cli, run_kernel
 
 from landmark_kaggle import paths
 from landmark_kaggle.data import embstore
@@ -85,6 +85,7 @@ def tree(tmp_path_factory, realdata):
 
 
 @pytest.fixture(scope="module")
+@heavy
 def embedded(tree):
     """Three versions of the embed kernel: killed mid-run, stopped by its time budget, finished (then clean)."""
     base, inp = tree["base"], tree["input"]
@@ -119,7 +120,6 @@ def embedded(tree):
                 seconds=time.time() - started)
 
 
-@pytest.mark.slow
 def test_embed_kernel_resumes_from_its_previous_output_after_a_kill(tree, embedded):
     e = embedded
     assert 2 <= e["killed_at"] < e["total"], f"the kill should land mid-run:\n{e['log1'][-2000:]}"
@@ -185,7 +185,6 @@ def written(tree, embedded):
     return dict(inp=inp, embed_out=embed_out, count=count, outs=outs, seconds=seconds, train_inp=train_inp)
 
 
-@pytest.mark.slow
 def test_write_kernels_make_one_valid_part_each(tree, embedded, written):
     from tfrec_builder.verify import verify_dataset
 
@@ -279,6 +278,7 @@ def test_weights_imagenet_downloads_through_keras_or_names_the_file_to_attach(tm
         server.server_close()
 
 
+@pytest.mark.slow
 def test_embed_kaggle_takes_the_attached_weights_of_keras_own_name(tmp_path, capsys):
     from tfrec_builder.onkaggle import _keras_weights_name, choose_weights
 

@@ -131,7 +131,6 @@ def test_store_missing_data_ids_is_an_error_naming_both(tmp_path, capsys):
     assert code == 2 and "not in the store" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_clean_on_the_sample_finds_the_planted_noise_and_draws_sheets(tmp_path):
     data = tmp_path / "sample"
     make_sample(data, num_classes=5, max_per_class=12, image_size=(48, 64), noise_fraction=0.1, seed=3)

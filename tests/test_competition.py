@@ -17,8 +17,6 @@ import pandas as pd
 import pytest
 from helpers import CLI, chance_bar, kill_mid_run, run_kernel, score_json
 
-pytestmark = pytest.mark.slow
-
 
 def _competition(root, out, keep_landmarks=None, copies=1):
     """A competition folder: train.csv and train/ from the sample (some landmarks, each image ``copies`` times)."""
@@ -107,6 +105,7 @@ def test_options_that_need_the_competition_folder_say_so(world, tmp_path):
                 distractors=world["distractors"], overrides=["inference.scoring=glr2020_1st"])
 
 
+@pytest.mark.slow
 def test_a_killed_predict_resumes_the_competition_index(world, tmp_path):
     comp = _competition(world["root"], tmp_path / "comp", copies=8)
     total_rows = len(pd.read_csv(comp / "train.csv"))
@@ -162,6 +161,7 @@ def test_the_cli_takes_several_models(world, ensemble, tmp_path):
     assert report["models"] == [str(world["model"]), str(ensemble["model_b"])] and report["retrieval"]
 
 
+@pytest.mark.slow
 def test_submission_kernel_with_two_models_every_option(world, ensemble, tmp_path):
     """The kernel as Kaggle runs it, two model datasets attached, settings from the models' config.json."""
     from landmark_kaggle.evaluate.submission import read_submission, validate_submission

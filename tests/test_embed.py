@@ -164,7 +164,6 @@ def test_no_weights_and_no_network_names_the_file_to_provide(sample, tmp_path, c
     assert code == 2 and "not a keras.applications model" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_model_folder_backend_self_cleans(sample, tmp_path):
     from landmark_kaggle.config import config_from_dict
     from landmark_kaggle.data.gld import load_train_index

@@ -11,8 +11,6 @@ import shutil
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def _test_batch(world, data_cfg, n=6):
     from landmark_kaggle.data.pipeline import image_folder_dataset, list_images

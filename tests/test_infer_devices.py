@@ -66,7 +66,6 @@ def _store(path):
     return store.ids.astype(str), np.asarray(store.matrix, np.float32)
 
 
-@pytest.mark.slow
 def test_predict_on_two_devices_equals_one(runs, world):
     from landmark_kaggle.evaluate.submission import read_submission
 
@@ -79,7 +78,6 @@ def test_predict_on_two_devices_equals_one(runs, world):
     np.testing.assert_allclose(two["confidence"].to_numpy(), one["confidence"].to_numpy(), rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_embed_index_on_two_devices_equals_one(runs):
     ids_one, one = _store(runs["1"][0] / "index")
     ids_two, two = _store(runs["cpu:2"][0] / "index")
@@ -89,7 +87,6 @@ def test_embed_index_on_two_devices_equals_one(runs):
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-3)
 
 
-@pytest.mark.slow
 def test_tfrec_builder_embed_on_two_devices_equals_one(runs, world):
     ids_one, one = _store(runs["1"][0] / "store")
     ids_two, two = _store(runs["cpu:2"][0] / "store")

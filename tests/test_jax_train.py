@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLI, kill_mid_run
+from helpers import CLI, heavy, kill_mid_run
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.data.pipeline import build_dataset
@@ -69,6 +69,7 @@ def _tf_settings():
 
 
 @pytest.fixture(scope="module")
+@heavy
 def start(shards):
     """The weights every run starts from: a model folder saved here (TensorFlow), read by the JAX runs."""
     import keras

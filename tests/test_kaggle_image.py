@@ -154,7 +154,6 @@ def project_submission(world, competition, tmp_path_factory) -> pd.DataFrame:
     return read_submission(out)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_submission_kernel_scores_the_real_photos_on_kaggles_image(standin, wheel, world, competition,
                                                                    project_submission, layout, tmp_path):

@@ -105,7 +105,6 @@ def _marker_sources(root: Path) -> dict:
             EMBED_OUTPUT: ("notebook", root / "embed")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, wheel, tmp_path):
     inp = tmp_path / "input"
@@ -132,7 +131,6 @@ def test_train_and_build_launchers_find_their_inputs_in_every_layout(layout, whe
         assert f"installed {wheel.name} from {wheel_at}" in proc.stdout and command in proc.stdout
 
 
-@pytest.mark.slow
 def test_launchers_stop_with_one_line_when_inputs_are_missing_or_doubled(wheel, tmp_path):
     inp = tmp_path / "input"
     sources = _marker_sources(tmp_path / "src")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import pytest
 import quality_runs as Q
+from helpers import heavy
 
 IMAGE_SIZE = 128
 EPOCHS = 8
@@ -38,6 +39,7 @@ MIN_TOP1_GAIN = 0.03
 
 
 @pytest.fixture(scope="module")
+@heavy
 def world(tmp_path_factory):
     """Shards of every training photo and the ImageNet kNN-1 reference, shared by the tests here."""
     import keras

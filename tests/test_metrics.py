@@ -123,7 +123,6 @@ SCORES = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.2], [0.9, 0.05, 0.05], [0.2, 0.
 LABELS = np.array([2, 0, 1, -1])
 
 
-@pytest.mark.slow
 def test_trainer_top_k_metrics_hand_computed():
     from landmark_kaggle.train.optim import topk_metrics
 

@@ -56,7 +56,6 @@ def test_embed_a_sample_with_mmseg(light, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(store.matrix.astype(np.float32), axis=1), 1.0, atol=2e-3)
 
 
-@pytest.mark.slow
 def test_knet_upernet_builds_and_embeds():
     knet = build_backend("mmseg:knet-s3_r50-d8_upernet_8xb2-adamw-80k_ade20k-512x512", "none", SIZE)
     assert type(knet.model.decode_head).__name__ == "IterativeDecodeHead" and knet.dim == 512

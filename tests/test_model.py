@@ -67,7 +67,6 @@ def test_estimate_matches_hand_arithmetic():
     assert neck["classifier_params"] == 512 * 81313 and neck["neck_params"] == 1280 * 512 + 4 * 512
 
 
-@pytest.mark.slow
 def test_train_estimate_command_prints_the_classifier_size(capsys):
     # EfficientNetV2B0 has the same 1280-wide features as V2-S and builds faster at five image sizes.
     assert main(["train", "--estimate", "--classes", "81313", "--set", "train.batch_size=128",
@@ -97,7 +96,6 @@ def embedded(tmp_path_factory):
     return root, len(frame)
 
 
-@pytest.mark.slow
 def test_train_embeddings_learns_clustered_vectors_and_counts_what_it_skips(embedded):
     root, n = embedded
     cfg = config_from_dict({}, ["train.epochs=12", "train.batch_size=16", "optim.warmup_epochs=0",

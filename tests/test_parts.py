@@ -264,7 +264,6 @@ def _real_folder(root: Path, copies: int) -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_killed_part_resumes_byte_identical(tmp_path):
     data = _real_folder(tmp_path / "gld", copies=30)
     kw = dict(image_size=300, shard_mb=0.3, val_fraction=0.1)

@@ -14,7 +14,6 @@ import pytest
 from helpers import chance_bar, write_shards
 
 
-@pytest.mark.slow
 def test_predict_matches_the_model_forward_pass(world, tmp_path):
     import tensorflow as tf
 
@@ -37,7 +36,6 @@ def test_predict_matches_the_model_forward_pass(world, tmp_path):
     np.testing.assert_allclose(sub.loc[ids, "confidence"].to_numpy(), cos.max(1), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_unreadable_images_get_empty_rows_and_are_counted(world, tmp_path, capsys):
     from landmark_kaggle.data.gld import image_path
     from landmark_kaggle.evaluate.submission import read_submission, validate_submission
@@ -83,7 +81,6 @@ def _copies(world, root, times: int) -> list[str]:
     return ids
 
 
-@pytest.mark.slow
 def test_past_max_unreadable_predict_fails_naming_files_and_error(world, tmp_path, capsys):
     from landmark_kaggle.cli import main
     from landmark_kaggle.data.gld import image_path
@@ -121,7 +118,6 @@ def test_past_max_unreadable_predict_fails_naming_files_and_error(world, tmp_pat
     assert "2 of 2 images" in err and f"{'0' * 16}: no such image in {world['root'] / 'test'}" in err
 
 
-@pytest.mark.slow
 def test_tfrec_input_gives_the_same_submission_as_images(world, tmp_path):
     from landmark_kaggle.infer.predict import predict
 
@@ -137,7 +133,6 @@ def test_tfrec_input_gives_the_same_submission_as_images(world, tmp_path):
     np.testing.assert_allclose(la[1].astype(float), ra[1].astype(float), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_retrieval_and_suppression_beat_the_classifier_alone(world, tmp_path):
     from landmark_kaggle.evaluate.submission import read_solution, read_submission, score
     from landmark_kaggle.infer.predict import predict
@@ -173,7 +168,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "only changes inference.* settings" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_inference_settings_are_checked(world, tmp_path):
     from landmark_kaggle.config import ConfigError
     from landmark_kaggle.infer.predict import predict

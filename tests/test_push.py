@@ -310,7 +310,6 @@ def _model_folder(path: Path) -> Path:
     return save_model_dir(build_embedding_model(cfg, 8, 2), cfg, make_label_map(np.array([5, 9])), path)
 
 
-@pytest.mark.slow
 def test_bundle_has_wheel_model_and_no_credentials(tmp_path, kaggle_env):
     model = _model_folder(tmp_path / "model")
     proc = _cli(["kernels", "bundle", "--model", str(model), "--out", str(tmp_path / "b")], kaggle_env, tmp_path)
@@ -333,7 +332,6 @@ def test_bundle_has_wheel_model_and_no_credentials(tmp_path, kaggle_env):
     assert "config.json contains your Kaggle API key" in proc.stderr
 
 
-@pytest.mark.slow
 def test_datasets_uploads_each_bundle_with_the_real_client(tmp_path, kaggle_env, kaggle_server):
     _, seen = kaggle_server
     model = _model_folder(tmp_path / "model")

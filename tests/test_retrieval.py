@@ -64,7 +64,6 @@ def test_labels_for_landmark_ids():
     assert labels.tolist() == [2, -1, 0, -1, 1] and unknown == 1  # 7 is unknown; -1 is a non-landmark
 
 
-@pytest.mark.slow
 def test_index_holds_every_training_image_with_unit_rows(world):
     import pandas as pd
 
@@ -80,7 +79,6 @@ def test_index_holds_every_training_image_with_unit_rows(world):
     assert (distractors.landmark_ids == -1).all() and len(distractors) == 24
 
 
-@pytest.mark.slow
 def test_interrupted_index_resumes_to_the_same_rows(world, tmp_path):
     out = tmp_path / "index"
     build_index(world["model"], out, data=str(world["tfrec"]), chunk_size=16)
@@ -106,7 +104,6 @@ def test_interrupted_index_resumes_to_the_same_rows(world, tmp_path):
     assert redone == ["00001.json"]  # only the chunk the kill interrupted was embedded again
 
 
-@pytest.mark.slow
 def test_an_index_from_another_model_is_refused(world, tmp_path):
     import shutil
 

@@ -93,7 +93,6 @@ def test_bad_rows_strict_then_lenient(tmp_path, capsys):
     assert result["n_predictions"] == 4
 
 
-@pytest.mark.slow
 def test_console_script_on_the_sample_dataset(tmp_path):
     make_sample(tmp_path / "data", num_classes=4, max_per_class=8, test_per_class=2, nonlandmark_test=4,
                 image_size=(48, 64))

@@ -59,7 +59,6 @@ def _check(world, out, summary):
     return gap
 
 
-@pytest.mark.slow
 def test_a_tiny_time_limit_still_writes_every_id(world, tmp_path, capsys):
     from landmark_kaggle.infer.predict import predict
 
@@ -76,7 +75,6 @@ def test_a_tiny_time_limit_still_writes_every_id(world, tmp_path, capsys):
     _check(world, out, summary)
 
 
-@pytest.mark.slow
 def test_a_train_set_above_the_cap_is_cut_per_landmark(world, tmp_path, capsys):
     from landmark_kaggle.infer.predict import predict
     from landmark_kaggle.infer.retrieval import RetrievalIndex
@@ -102,7 +100,6 @@ def test_a_train_set_above_the_cap_is_cut_per_landmark(world, tmp_path, capsys):
     _check(world, out, summary)
 
 
-@pytest.mark.slow
 def test_a_non_finite_confidence_is_an_empty_row_not_an_exception(world, tmp_path, capsys):
     from landmark_kaggle.evaluate.submission import read_submission, validate_submission
     from landmark_kaggle.infer.predict import predict
@@ -131,7 +128,6 @@ def test_a_non_finite_confidence_is_an_empty_row_not_an_exception(world, tmp_pat
     assert json.loads(out.with_name("submission.predict.json").read_text())["inference"]["scoring"] == "glr2020_1st"
 
 
-@pytest.mark.slow
 def test_an_index_embedded_with_another_tta_mode_is_refused(world, tmp_path):
     from landmark_kaggle.data.embstore import StoreError
     from landmark_kaggle.infer.predict import predict

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import heavy
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict
@@ -23,6 +24,7 @@ STAGE = ["model.backbone=MobileNetV3Small", "model.dropout=0", "optim.warmup_epo
 
 
 @pytest.fixture(scope="module")
+@heavy
 def stage_one(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("stage1") / "model"
     train_model(str(shards), out, config_from_dict({}, [*STAGE, "data.image_size=32"]), progress=False)
@@ -52,7 +54,6 @@ def test_stage_two_starts_from_stage_one_at_a_larger_size(shards, stage_one, tmp
     assert max(float(np.abs(a - b).max()) for a, b in zip(_trainable(one), _trainable(fresh), strict=True)) > 1e-4
 
 
-@pytest.mark.slow
 def test_a_stage_over_more_classes_keeps_the_backbone_and_starts_the_classifier_fresh(stage_one):
     model = build_model(config_from_dict({}, [*STAGE, "data.image_size=48"]), 6)
     fresh_logits = model.get_layer("logits").get_weights()[0].copy()

@@ -17,7 +17,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLI, kill_mid_run
+from helpers import CLI, heavy, kill_mid_run
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict
@@ -40,6 +40,7 @@ COMPARED = ["epoch", "lr", "loss", "top1", "top10", "val_loss", "val_top1", "val
 
 
 @pytest.fixture(scope="module")
+@heavy
 def trained(shards, tmp_path_factory):
     cfg = config_from_dict({}, [*BASE, "train.epochs=6", "train.steps_per_epoch=4"])
     out = tmp_path_factory.mktemp("v2s") / "model"
@@ -47,7 +48,6 @@ def trained(shards, tmp_path_factory):
     return cfg, out, summary
 
 
-@pytest.mark.slow
 def test_loss_falls_on_a_tiny_dataset(trained):
     _, out, summary = trained
     history = pd.read_csv(out / "history.csv")
@@ -57,7 +57,6 @@ def test_loss_falls_on_a_tiny_dataset(trained):
     assert history["top1"].iloc[-2:].mean() > history["top1"].iloc[0]
 
 
-@pytest.mark.slow
 def test_history_has_topk_columns_and_the_plots_are_pngs(trained):
     cfg, out, _ = trained
     history = pd.read_csv(out / "history.csv")
@@ -99,6 +98,7 @@ def _history(out):
 
 
 @pytest.fixture(scope="module")
+@heavy
 def uninterrupted(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("plain") / "model"
     train_model(str(shards), out, config_from_dict({}, SMALL), progress=False)

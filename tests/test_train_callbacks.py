@@ -8,6 +8,7 @@ whoever makes it: the trainer's callbacks or Keras's own callback list.
 import math
 
 import pandas as pd
+import pytest
 from helpers import LogReads
 
 from landmark_kaggle.config import config_from_dict
@@ -18,6 +19,7 @@ BASE = ["data.image_size=32", "optim.warmup_epochs=0", "model.dropout=0", "train
         "model.backbone=MobileNetV3Small", "runtime.steps_per_execution=1"]
 
 
+@pytest.mark.slow
 def test_the_step_logs_are_read_only_at_checkpoints_and_every_log_interval(shards, tmp_path):
     # 8 one-step calls, a checkpoint every 3 steps, the loss shown every 4: the logs of calls 3 and 6 (the
     # partial metrics a checkpoint stores) and 4 are read; the epoch's end reads Keras's epoch metrics, not a

@@ -186,7 +186,6 @@ def test_partitioned_workers_equal_one_worker(sample, built, tmp_path):
         merge_parts([tmp_path / "w0", tmp_path / "w2"], tmp_path / "incomplete")
 
 
-@pytest.mark.slow
 def test_two_worker_processes_write_the_same_bytes_as_one(sample, built, tmp_path):
     write_dataset(sample, tmp_path / "o", image_size=56, shard_mb=0.004, val_fraction=0.25, workers=2,
                   progress=False)
@@ -217,7 +216,6 @@ def test_resume_after_a_kill_between_state_and_rename(sample, built, tmp_path):
     assert {p: out.joinpath(p).stat().st_mtime_ns for p in before} == before
 
 
-@pytest.mark.slow
 def test_killed_write_subprocess_resumes_byte_identical(tmp_path):
     data = real_folder(tmp_path / "gld", copies=30)
     args = ["--image-size", "300", "--shard-mb", "0.3", "--val-fraction", "0.1", "--workers", "1", "--no-progress"]
