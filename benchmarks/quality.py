@@ -117,7 +117,9 @@ def main() -> None:
         keras.utils.set_random_seed(seed)
         cfg = Q.config(args.image_size, sets_for(seed))
         work = out / f"seed{seed}"
-        tf_dir = stage(f"write shards (seed {seed})", Q.write_shards, data, work / "tfrec", args.image_size, seed)
+        # The first seed's shards are the ones written above.
+        tf_dir = tfrec if seed == seeds[0] else stage(f"write shards (seed {seed})", Q.write_shards, data,
+                                                       work / "tfrec", args.image_size, seed)
         model = work / "model"
         summaries[seed] = stage(f"train (seed {seed})", Q.fine_tune, tf_dir, model, cfg)
         idx, dis = stage(f"embed-index --nonlandmarks (seed {seed})",

@@ -212,14 +212,14 @@ def test_workers_sharing_a_part_join_it_and_the_owner_comes_from_kaggle_username
                                                                                   monkeypatch):
     out, _ = parted
     monkeypatch.setenv("KAGGLE_USERNAME", "bob")
-    shared = tmp_path / "shared"
+    together = tmp_path / "together"
     kw = dict(outliers=sample / "outliers.csv", max_part_gb=CAP, part=2, num_workers=2, **SETTINGS)
-    first = write_dataset(sample, shared, worker_index=1, **kw)
-    assert not (shared / "gldv2-tfrec-56-part-2" / "manifest.json").exists()
+    first = write_dataset(sample, together, worker_index=1, **kw)
+    assert not (together / "gldv2-tfrec-56-part-2" / "manifest.json").exists()
     assert "partition" in first["written_parts"][0]
-    last = write_dataset(sample, shared, worker_index=0, **kw)
+    last = write_dataset(sample, together, worker_index=0, **kw)
     assert last["written_parts"][0]["joined"]
-    folder = shared / "gldv2-tfrec-56-part-2"
+    folder = together / "gldv2-tfrec-56-part-2"
     assert shard_files(folder) == shard_files(out / "gld-test-56-part-2")
     assert mf.read_json(folder / "dataset-metadata.json")["id"] == "bob/gldv2-tfrec-56-part-2"
     assert mf.read_json(folder / "manifest.json")["parts"]["table"][1]["id"] == "bob/gldv2-tfrec-56-part-2"

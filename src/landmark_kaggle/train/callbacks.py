@@ -106,7 +106,7 @@ class StepWatch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # Keras has read the epoch's metrics (the running means after its last call) to the host already.
-        self.t.last_logs = {k: float(v) for k, v in (logs or {}).items() if k in METRIC_COLUMNS}
+        self.t.last_logs = read_logs(logs)
         self.unread = 0
         self._show_loss()
 
