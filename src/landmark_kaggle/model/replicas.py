@@ -91,10 +91,16 @@ class Replicas:
         import tensorflow as tf
 
         if self.strategy is None:
-            single = tf.function(fn, reduce_retracing=True)
+            traced = {}
 
             def run_one(images):
-                return tuple(np.asarray(o, np.float32) for o in single(tf.convert_to_tensor(images, tf.float32)))
+                x = tf.convert_to_tensor(images, tf.float32)
+                # One trace a network: its signature leaves the batch size open, so the probe image, the full
+                # batches and the short last one run the same graph (traced per shape, each load paid 2-3).
+                key = tuple(x.shape[1:])
+                if key not in traced:
+                    traced[key] = tf.function(fn, input_signature=[tf.TensorSpec([None, *key], tf.float32)])
+                return tuple(np.asarray(o, np.float32) for o in traced[key](x))
             return run_one
 
         strategy, n = self.strategy, self.count
