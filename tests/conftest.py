@@ -1,9 +1,9 @@
 """Shared pytest setup: quiet TensorFlow, keep Keras on the CPU, a home folder of the session's own, and the
 session fixtures several files use.
 
-Each data fixture builds once per test session under pytest's base temp; the
-builders live in ``helpers.py`` (benchmarks use them too). ``kaggle_server`` and
-``kaggle_env`` put a recording Kaggle API (``kaggle_server.py``) behind the real client.
+Each data fixture builds once per test session under pytest's base temp, the heavy ones once for every
+xdist worker together (``helpers.built_once``); the builders live in ``helpers.py`` (benchmarks use them
+too). ``kaggle_server`` and ``kaggle_env`` put a recording Kaggle API (``kaggle_server.py``) behind the real client.
 """
 
 import atexit
@@ -26,7 +26,34 @@ for _name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
 
 import kaggle_server as kaggle_api  # noqa: E402
 import pytest  # noqa: E402
-from helpers import REALDATA, ensemble_world, heavy, inference_world, make_shards, real_folder  # noqa: E402
+from helpers import (  # noqa: E402
+    REALDATA,
+    built_once,
+    ensemble_world,
+    heavy,
+    inference_world,
+    make_shards,
+    real_folder,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache (JAX's own, on disk) for every JAX process this run starts.
+
+    The JAX tests train the same small programs again and again (8 devices, then killed and resumed; a kernel
+    version, then the next); XLA's CPU compile is ~20 s of each such run. A resumed run loads the program the
+    uninterrupted one compiled: the same executable the compiler would build again. Set before any test starts
+    its processes; a JAX this process imported already is told too."""
+    import sys
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # one cache for all workers: JAX keys each entry by program, backend and version
+    cache = str(root / "jax-compilation-cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", cache)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +76,9 @@ def sample(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory):
-    """Tiny train/validation shards of a 4-class sample, written with ``records.encode_example``."""
-    return make_shards(tmp_path_factory.getbasetemp() / "session_shards")
+    """Tiny train/validation shards of a 4-class sample, written with ``records.encode_example``; one copy for
+    every xdist worker (the models trained on them are shared too)."""
+    return built_once(tmp_path_factory, "session_shards", make_shards)
 
 
 @pytest.fixture(scope="session")
@@ -71,14 +99,14 @@ def real_photos(tmp_path_factory, realdata):
 @heavy
 def world(tmp_path_factory):
     """Sample, shards, a tiny trained model and its retrieval indexes (``helpers.inference_world``)."""
-    return inference_world(tmp_path_factory.getbasetemp() / "inference_world")
+    return built_once(tmp_path_factory, "inference_world", inference_world)
 
 
 @pytest.fixture(scope="session")
 @heavy
 def ensemble(tmp_path_factory, world):
     """A second tiny model (40 px) and the two models' indexes, with B (``helpers.ensemble_world``)."""
-    return ensemble_world(tmp_path_factory.getbasetemp() / "ensemble_world", world)
+    return built_once(tmp_path_factory, "ensemble_world", lambda base: ensemble_world(base, world))
 
 
 def pytest_collection_modifyitems(items):

@@ -465,6 +465,34 @@ def kill_mid_run(proc: subprocess.Popen, progress, wanted, *, group: bool = Fals
                          f"progress wanted; it reached {progress()!r}")
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)``'s result, built once per test run however many xdist workers ask for it.
+
+    A session or module fixture is set up once per worker (and a module's tests may land on several), so each
+    heavy one would be built again by every worker that runs one of its tests. The first worker to ask builds
+    into ``<run's temp>/name`` under an exclusive lock and pickles the result beside it; the others wait on the
+    lock and load it. A build that raises leaves nothing behind, so the next worker to ask builds again (and
+    fails the same way, in its own test). What it builds must be read-only for the tests that use it.
+    """
+    import fcntl
+    import pickle
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, above every worker's popen-gwK/
+    folder, result = root / name, root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if result.is_file():
+            return pickle.loads(result.read_bytes())
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        value = build(folder)
+        result.write_bytes(pickle.dumps(value))
+        return value
+
+
 def heavy(fixture_function):
     """Put under ``@pytest.fixture``: the fixture trains or embeds with a real network (well over 20 s to build),
     so conftest marks every test that needs it ``slow`` (``pytest -m "not slow"`` never builds it)."""

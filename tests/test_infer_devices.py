@@ -20,6 +20,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import built_once
 
 from landmark_kaggle.errors import UserError
 
@@ -44,17 +45,20 @@ SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def runs(world, tmp_path_factory):
     """{devices setting: (output folder, devices inference used)} for one device and two."""
-    base = tmp_path_factory.mktemp("infer_devices")
     paths = json.dumps({k: str(v) for k, v in world.items()})
-    result = {}
-    for spec in ("1", "cpu:2"):
-        out = base / spec.replace(":", "")
-        out.mkdir()
-        env = {**os.environ, "LANDMARK_INFER_DEVICES": spec, "CUDA_VISIBLE_DEVICES": ""}
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, paths, str(out)], env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        result[spec] = (out, json.loads(proc.stdout.strip().splitlines()[-1])["devices"])
+
+    def run_both(base):
+        result = {}
+        for spec in ("1", "cpu:2"):
+            out = base / spec.replace(":", "")
+            out.mkdir()
+            env = {**os.environ, "LANDMARK_INFER_DEVICES": spec, "CUDA_VISIBLE_DEVICES": ""}
+            proc = subprocess.run([sys.executable, "-c", SCRIPT, paths, str(out)], env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            result[spec] = (out, json.loads(proc.stdout.strip().splitlines()[-1])["devices"])
+        return result
+    result = built_once(tmp_path_factory, "infer-devices", run_both)
     assert result["1"][1] == 1 and result["cpu:2"][1] == 2, "the runs did not use one and two devices"
     return result
 

@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLI, heavy, kill_mid_run
+from helpers import CLI, built_once, heavy, kill_mid_run
 
 from landmark_kaggle.config import config_from_dict
 from landmark_kaggle.data.pipeline import build_dataset
@@ -49,16 +49,15 @@ def _env():
     return env
 
 
-def _train_args(shards, out, devices, *extra):
-    args = [*CLI, "train", "--data", str(shards), "--out", str(out),
-            "--devices", devices, "--init-from", str(shards.parent / "jax-start")]
+def _train_args(shards, start, out, devices, *extra):
+    args = [*CLI, "train", "--data", str(shards), "--out", str(out), "--devices", devices, "--init-from", str(start)]
     for s in SETTINGS:
         args += ["--set", s]
     return [*args, *extra]
 
 
-def _train(shards, out, devices, *extra):
-    proc = subprocess.run(_train_args(shards, out, devices, *extra), env=_env(), capture_output=True, text=True,
+def _train(shards, start, out, devices, *extra):
+    proc = subprocess.run(_train_args(shards, start, out, devices, *extra), env=_env(), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -70,25 +69,27 @@ def _tf_settings():
 
 @pytest.fixture(scope="module")
 @heavy
-def start(shards):
-    """The weights every run starts from: a model folder saved here (TensorFlow), read by the JAX runs."""
+def start(shards, tmp_path_factory):
+    """The model folder every run starts from (``--init-from``), saved here under TensorFlow, read by the JAX runs."""
     import keras
 
     from landmark_kaggle.data.gld import read_label_map
     from landmark_kaggle.model.network import save_model_dir
 
-    folder = shards.parent / "jax-start"
-    if not (folder / "config.json").is_file():
+    def build(folder):
         keras.utils.set_random_seed(0)  # the same start in every session: the figures below are reproducible
         save_model_dir(build_model(_tf_settings(), 4), _tf_settings(), read_label_map(shards / "label_map.csv"),
-                       folder)
-    return load_model_dir(folder).model.get_weights()
+                       folder / "model")
+        return folder / "model"
+    return built_once(tmp_path_factory, "jax-start", build)
 
 
 @pytest.fixture(scope="module")
+@heavy
 def eight(shards, start, tmp_path_factory):
-    out = tmp_path_factory.mktemp("jax8") / "model"
-    return out, _train(shards, out, "cpu:8")
+    def train(base):
+        return base / "model", _train(shards, start, base / "model", "cpu:8")
+    return built_once(tmp_path_factory, "jax-eight", train)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,8 @@ def killed(shards, start, tmp_path_factory):
     base = tmp_path_factory.mktemp("jax8killed")
     out, state = base / "model", base / "model" / "checkpoint" / "state.json"
     with (base / "train.log").open("w") as log:
-        proc = subprocess.Popen(_train_args(shards, out, "cpu:8"), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_train_args(shards, start, out, "cpu:8"), env=_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
         try:
             kill_mid_run(proc, lambda: json.loads(state.read_text()) if state.is_file() else None,
                          lambda s: s is not None and s["global_step"] >= 2, timeout=900)
@@ -134,16 +136,17 @@ def test_eight_jax_devices_train_what_one_device_trains(shards, start, eight, tm
     assert (saved["backend"], saved["replicas"], saved["global_step"]) == ("jax", 8, 6)
     assert saved["init_from"]["reinitialised"] == []
     out1 = tmp_path / "one"
-    assert "jax cpu, 1 cpu device(s)" in _train(shards, out1, "cpu:1")
+    assert "jax cpu, 1 cpu device(s)" in _train(shards, start, out1, "cpu:1")
     model8 = load_model_dir(out8).model
     w8, w1 = model8.get_weights(), _weights(out1)
     trainable = [v.trainable for v in model8.weights]
     backbone = [i for i, v in enumerate(model8.weights) if v.trainable and i < len(model8.layers[1].weights)]
     diff = max(float(np.abs(a - b).max()) for a, b in zip(w8, w1, strict=True))
-    moved = [float(np.abs(a - b).max()) for a, b in zip(w8, start, strict=True)]
+    w0 = _weights(start)
+    moved = [float(np.abs(a - b).max()) for a, b in zip(w8, w0, strict=True)]
     h8, h1 = pd.read_csv(out8 / "history.csv"), pd.read_csv(out1 / "history.csv")
     gap = np.sqrt(sum(float(np.square(a - b).sum()) for a, b in zip(w8, w1, strict=True)))
-    travel = np.sqrt(sum(float(np.square(a - b).sum()) for a, b in zip(w8, start, strict=True)))
+    travel = np.sqrt(sum(float(np.square(a - b).sum()) for a, b in zip(w8, w0, strict=True)))
     print(f"8 vs 1 device after 6 steps: max |diff| {diff:.3g}, |w8 - w1| / |w8 - w0| = {gap / travel:.3g}; "
           f"weights moved up to {max(moved):.3g}, {sum(trainable)} trainable arrays; backbone arrays moved "
           f"min {min(moved[i] for i in backbone):.3g} median {np.median([moved[i] for i in backbone]):.3g}; "
@@ -161,11 +164,11 @@ def test_eight_jax_devices_train_what_one_device_trains(shards, start, eight, tm
 
 
 @pytest.mark.slow
-def test_sigkilled_jax_run_resumes_to_the_uninterrupted_history(shards, eight, killed):
+def test_sigkilled_jax_run_resumes_to_the_uninterrupted_history(shards, start, eight, killed):
     out, snapshot = killed
     step, _ = _checkpoint_weights(snapshot)
     assert 2 <= step < 6 and not (out / "config.json").is_file()
-    stdout = _train(shards, out, "cpu:8", "--resume")
+    stdout = _train(shards, start, out, "cpu:8", "--resume")
     assert "train: complete, 2/2 epochs, 6 steps" in stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv")[COMPARED],
                                   pd.read_csv(eight[0] / "history.csv")[COMPARED], rtol=1e-5)

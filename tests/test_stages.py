@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import heavy
+from helpers import built_once, heavy
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict
@@ -26,9 +26,10 @@ STAGE = ["model.backbone=MobileNetV3Small", "model.dropout=0", "optim.warmup_epo
 @pytest.fixture(scope="module")
 @heavy
 def stage_one(shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stage1") / "model"
-    train_model(str(shards), out, config_from_dict({}, [*STAGE, "data.image_size=32"]), progress=False)
-    return out
+    def train(base):
+        train_model(str(shards), base / "model", config_from_dict({}, [*STAGE, "data.image_size=32"]), progress=False)
+        return base / "model"
+    return built_once(tmp_path_factory, "stage-one", train)
 
 
 def _trainable(model):

@@ -17,7 +17,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLI, heavy, kill_mid_run
+from helpers import CLI, built_once, heavy, kill_mid_run
 
 from landmark_kaggle.cli import main
 from landmark_kaggle.config import config_from_dict
@@ -43,9 +43,10 @@ COMPARED = ["epoch", "lr", "loss", "top1", "top10", "val_loss", "val_top1", "val
 @heavy
 def trained(shards, tmp_path_factory):
     cfg = config_from_dict({}, [*BASE, "train.epochs=6", "train.steps_per_epoch=4"])
-    out = tmp_path_factory.mktemp("v2s") / "model"
-    summary = train_model(str(shards), out, cfg, progress=False)
-    return cfg, out, summary
+
+    def train(base):
+        return cfg, base / "model", train_model(str(shards), base / "model", cfg, progress=False)
+    return built_once(tmp_path_factory, "train-v2s", train)
 
 
 def test_loss_falls_on_a_tiny_dataset(trained):
@@ -100,9 +101,10 @@ def _history(out):
 @pytest.fixture(scope="module")
 @heavy
 def uninterrupted(shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("plain") / "model"
-    train_model(str(shards), out, config_from_dict({}, SMALL), progress=False)
-    return out
+    def train(base):
+        train_model(str(shards), base / "model", config_from_dict({}, SMALL), progress=False)
+        return base / "model"
+    return built_once(tmp_path_factory, "train-uninterrupted", train)
 
 
 def _cli_args(shards, out, extra=()):
