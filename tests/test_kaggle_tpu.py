@@ -8,7 +8,8 @@ input tree: the wheel dataset, the shard dataset in the newer
 and a decoy ``.h5``. The kernel takes the accelerator it finds and refuses the
 CPU; ``runtime.strategy=tpu`` with ``runtime.devices=cpu:8`` (passed the
 documented way, ``LANDMARK_KAGGLE_ARGS``) lets 8 JAX host devices stand in for
-the TPU, in bfloat16 as on one. Version 2 finds version 1's output among its inputs, copies
+the TPU, in bfloat16 as on one, with the kernel's own batch rule (32 images a core).
+Version 2 finds version 1's output among its inputs, copies
 the checkpoint in and resumes; the model folder it writes goes through the
 offline submission kernel and ``score``.
 """
@@ -24,9 +25,9 @@ from landmark_kaggle.kaggle import kernels
 from landmark_kaggle.paths import COMPETITION
 
 # The kernel names no strategy (the hardware decides); the stand-in asks for the TPU the documented way.
-REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.batch_size=16",
-             "train.scale_batch_with_replicas=false", "train.steps_per_epoch=2", "optim.warmup_epochs=0",
-             "data.shuffle_buffer=64", "runtime.strategy=tpu", "runtime.devices=cpu:8"]
+# No batch size: the kernel's own rule (32 images a core, 256 on the v5e-8) is part of what is checked.
+REHEARSAL = ["data.image_size=32", "model.backbone=MobileNetV3Small", "train.steps_per_epoch=2",
+             "optim.warmup_epochs=0", "data.shuffle_buffer=64", "runtime.strategy=tpu", "runtime.devices=cpu:8"]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,9 @@ def test_train_kernel_chains_two_versions_on_8_jax_devices_and_the_submission_ke
     model1 = tmp_path / "w1" / "model"
     saved1 = json.loads((model1 / "config.json").read_text())
     assert (saved1["backend"], saved1["replicas"], saved1["global_step"]) == ("jax", 8, 2)
+    # The kernel's batch rule: 32 images a core, and the learning rate set for 32 scaled by sqrt(256 / 32).
+    assert saved1["global_batch"] == 256 and saved1["lr_factor"] == pytest.approx(8 ** 0.5)
+    assert saved1["data"]["deterministic"] is True and saved1["runtime"]["strategy"] == "tpu"
     # precision=auto on the TPU (stand-in): bf16, read back from the built network.
     assert (saved1["precision"], saved1["compute_dtype"], saved1["loss_scaling"]) == ("mixed_bfloat16", "bfloat16",
                                                                                       False)

@@ -8,18 +8,21 @@ network untrained, answering by cosine kNN-1 over the training photos. Each
 fine-tune is ``landmark-kaggle train`` from that start and is scored by
 ``predict`` with retrieval (the linear rule, classifier and neighbours).
 
-The same check, ``gains``, runs on a sound training and on two broken on
-purpose: the sound one must clear the margins, the broken ones must not, so
-the assertion is shown to tell learning from its absence.
+The same check, ``gains``, runs on a sound training and on one broken on
+purpose (a learning rate of 1.0, which wrecks the ImageNet start): the sound one
+must clear the margins, the broken one must not, so the assertion is shown to
+tell learning from its absence. An ArcFace margin of 1.5 was a second control
+until it cleared both margins in one run (GAP +0.092, top-1 +0.077; before:
++0.035 / +0.077 and +0.060 / 0): a margin that large still learns, so it is no
+control; it is gone, which also saves ~120 s of CI.
 
 Measured (2-core EPYC shared with other jobs, 128 px, 8 epochs, batch 16; ImageNet kNN-1: GAP 0.234,
 top-1 0.577), as (GAP gain with the linear rule and retrieval, top-1 gain of the model's own kNN-1):
 sound seed 0 +0.138 / +0.077 (a rerun: +0.156 / +0.077), sound seed 1 +0.104 / +0.115; margin 1.5:
-+0.035 / +0.077 (a rerun: +0.060 / 0); learning rate 1.0: -0.232 / -0.385. Both margins must hold: a
-GAP gain of at least 0.07 (sound runs have 0.034 to spare) and at least one more landmark test image
-right by kNN-1. The broken margin fails the GAP margin in one run and both in the other: run to run
-(TensorFlow's CPU kernels are not bit-reproducible across processes) its gain moves by ~0.03, which is
-why the test asks for both.
++0.035 / +0.077, +0.060 / 0, +0.092 / +0.077; learning rate 1.0: -0.232 / -0.385. Both margins must
+hold: a GAP gain of at least 0.07 (sound runs have 0.034 to spare) and at least one more landmark test
+image right by kNN-1. Run to run (TensorFlow's CPU kernels are not bit-reproducible across processes) a
+gain moves by ~0.03.
 Each fine-tune takes 90-110 s on that loaded machine (train 87-111 s, index and predict ~20 s).
 """
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import pytest
 import quality_runs as Q
-from helpers import heavy
+from helpers import built_once, heavy
 
 IMAGE_SIZE = 128
 EPOCHS = 8
@@ -44,13 +47,14 @@ def world(tmp_path_factory):
     """Shards of every training photo and the ImageNet kNN-1 reference, shared by the tests here."""
     import keras
 
-    keras.utils.set_random_seed(0)
-    base = tmp_path_factory.mktemp("learning")
-    tfrec = Q.write_shards(Q.OXPARIS, base / "tfrec", IMAGE_SIZE)
-    imagenet = Q.imagenet_model(tfrec, base / "imagenet", Q.config(IMAGE_SIZE, TRAIN))
-    index, _ = Q.indexes(imagenet, tfrec, Q.OXPARIS / "distractors", base / "imagenet-index")
-    ref = Q.evaluate(imagenet, Q.OXPARIS, base / "eval", index=index, overrides=Q.KNN1)
-    return {"base": base, "tfrec": tfrec, "ref": ref}
+    def build(base):
+        keras.utils.set_random_seed(0)
+        tfrec = Q.write_shards(Q.OXPARIS, base / "tfrec", IMAGE_SIZE)
+        imagenet = Q.imagenet_model(tfrec, base / "imagenet", Q.config(IMAGE_SIZE, TRAIN))
+        index, _ = Q.indexes(imagenet, tfrec, Q.OXPARIS / "distractors", base / "imagenet-index")
+        ref = Q.evaluate(imagenet, Q.OXPARIS, base / "eval", index=index, overrides=Q.KNN1)
+        return {"base": base, "tfrec": tfrec, "ref": ref}
+    return built_once(tmp_path_factory, "learning-world", build)
 
 
 def gains(world, name: str, settings=()) -> tuple[float, float]:
@@ -81,12 +85,7 @@ def test_fine_tune_beats_imagenet_knn(world):
 
 
 @pytest.mark.slow
-def test_huge_margin_does_not_learn(world):
-    gap_gain, top1_gain = gains(world, "margin", ["model.margin=1.5"])
-    assert not learned(gap_gain, top1_gain), (gap_gain, top1_gain)
-
-
-@pytest.mark.slow
 def test_absurd_learning_rate_does_not_learn(world):
     gap_gain, top1_gain = gains(world, "lr", ["optim.learning_rate=1.0"])
     assert not learned(gap_gain, top1_gain), (gap_gain, top1_gain)
+
