@@ -161,7 +161,6 @@ def test_the_cli_takes_several_models(world, ensemble, tmp_path):
     assert report["models"] == [str(world["model"]), str(ensemble["model_b"])] and report["retrieval"]
 
 
-@pytest.mark.slow
 def test_submission_kernel_with_two_models_every_option(world, ensemble, tmp_path):
     """The kernel as Kaggle runs it, two model datasets attached, settings from the models' config.json."""
     from landmark_kaggle.evaluate.submission import read_submission, validate_submission

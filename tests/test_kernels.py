@@ -53,7 +53,6 @@ def test_submission_metadata_is_the_offline_competition_kernel():
     assert write["kernel_sources"] == [embed["id"]]
 
 
-@pytest.mark.slow
 def test_submission_kernel_runs_offline_from_the_wheel(world, tmp_path):
     inp, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
     comp = inp / COMPETITION

@@ -488,7 +488,6 @@ def _part_folder(root: Path, k: int) -> Path:
     return folder
 
 
-@pytest.mark.slow
 def test_datasets_creates_what_is_missing_and_versions_what_exists(tmp_path, kaggle_env, kaggle_server):
     world, seen = kaggle_server
     bundles = tmp_path / "bundles"
