@@ -52,6 +52,19 @@ def test_round_trip_is_exact_and_needs_no_whole_model_file(tmp_path):
     np.testing.assert_array_equal(loaded.predict(_images(), verbose=0), model.predict(_images(), verbose=0))
 
 
+def test_inference_traces_the_network_once_whatever_the_batch_sizes(tmp_path):
+    # Predict runs the probe image, full batches and a short last one: one graph for all (it traced 2 before).
+    cfg = config_from_dict(SMALL)
+    folder = save_model_dir(build_model(cfg, 3), cfg, LABELS, tmp_path / "m")
+    embed = load_for_inference(folder).embed_fn
+    x = _images(9)
+    parts = [embed(x[:1]), embed(x[1:6]), embed(x[6:])]
+    assert embed.traces() == 1
+    whole = embed(x)
+    for k in range(2):  # cosines and embeddings: the rows do not depend on how the images were batched
+        np.testing.assert_allclose(np.concatenate([p[k] for p in parts]), whole[k], rtol=1e-5, atol=1e-6)
+
+
 def test_a_folder_that_does_not_fit_its_weights_is_a_clear_error(tmp_path):
     cfg = config_from_dict(SMALL)
     folder = save_model_dir(build_embedding_model(cfg, 24, 3), cfg, LABELS, tmp_path / "m")

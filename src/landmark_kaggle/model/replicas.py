@@ -87,7 +87,8 @@ class Replicas:
 
     def runner(self, fn: Callable) -> Callable[[object], tuple[np.ndarray, ...]]:
         """``fn``: a float32 batch tensor -> a tuple of [B, ...] tensors. Returns batch (numpy or tensor) -> the
-        tuple as float32 numpy, rows in the batch's order, the batch split over the devices."""
+        tuple as float32 numpy, rows in the batch's order, the batch split over the devices; its ``traces()``
+        counts the graphs traced so far."""
         import tensorflow as tf
 
         if self.strategy is None:
@@ -101,6 +102,7 @@ class Replicas:
                 if key not in traced:
                     traced[key] = tf.function(fn, input_signature=[tf.TensorSpec([None, *key], tf.float32)])
                 return tuple(np.asarray(o, np.float32) for o in traced[key](x))
+            run_one.traces = lambda: sum(f.experimental_get_tracing_count() for f in traced.values())
             return run_one
 
         strategy, n = self.strategy, self.count
@@ -126,6 +128,7 @@ class Replicas:
             # experimental_local_results lists the replicas in device order: slice k's rows come k-th.
             return tuple(np.concatenate([np.asarray(v, np.float32) for v in strategy.experimental_local_results(o)])
                          [:rows] for o in out)
+        run_split.traces = step.experimental_get_tracing_count
         return run_split
 
 
