@@ -353,8 +353,12 @@ def kernel_process(kernel: str | Path, inp: Path, working: Path, rendered: Path 
         script = folder / json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "KERAS_BACKEND", "XLA_FLAGS")}
+    # The prelude installs the wheel into a fresh temporary folder, as on Kaggle, where the container goes
+    # with it; here that folder goes with the test's own (one kernel run left one in /tmp before).
+    tmp = working.parent / f"{working.name}.tmp"
+    tmp.mkdir(exist_ok=True)
     env.update({KAGGLE_INPUT_ENV: str(inp), KAGGLE_WORKING_ENV: str(working), "PIP_NO_INDEX": "1",
-                "TF_CPP_MIN_LOG_LEVEL": "2"})
+                "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp)})
     extra = " ".join(x for x in (shlex.join(a for s in settings for a in ("--set", s)), args) if x)
     if extra:
         env["LANDMARK_KAGGLE_ARGS"] = extra
