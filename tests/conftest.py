@@ -34,6 +34,7 @@ from helpers import (  # noqa: E402
     inference_world,
     make_shards,
     real_folder,
+    run_root,
 )
 
 
@@ -47,10 +48,8 @@ def jax_compilation_cache(tmp_path_factory):
     its processes; a JAX this process imported already is told too."""
     import sys
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # one cache for all workers: JAX keys each entry by program, backend and version
-    cache = str(root / "jax-compilation-cache")
+    # One cache for all workers: JAX keys each entry by program, backend and version.
+    cache = str(run_root(tmp_path_factory) / "jax-compilation-cache")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     if "jax" in sys.modules:
         sys.modules["jax"].config.update("jax_compilation_cache_dir", cache)

@@ -217,10 +217,8 @@ def train_tiny_model(root: Path, out: Path, epochs: int = 12, image_size: int = 
 
 
 def inference_world(base: Path) -> dict:
-    """Sample + shards + tiny trained model + retrieval and distractor indexes under ``base``, built once.
-
-    A ``done`` marker makes a second call (another test module, same session) reuse it.
-    """
+    """Sample + shards + tiny trained model + retrieval and distractor indexes under ``base`` (an empty folder:
+    conftest's ``world`` builds it once a run, through ``built_once``)."""
     import keras
 
     from landmark_kaggle.data.sample import make_sample
@@ -229,17 +227,12 @@ def inference_world(base: Path) -> dict:
     world = {"root": base / "sample", "tfrec": base / "tfrec", "model": base / "model",
              "index": base / "index", "distractors": base / "distractors",
              "distractor_images": base / "distractor_images"}
-    if (base / "done").is_file():
-        return world
-    if base.exists():
-        shutil.rmtree(base)
     keras.utils.set_random_seed(0)
     make_sample(world["root"], num_classes=6, max_per_class=12, image_size=(48, 64), seed=0)
     write_shards(world["root"], world["tfrec"])
     train_tiny_model(world["root"], world["model"])
     build_index(world["model"], world["index"], data=str(world["tfrec"]))
     build_index(world["model"], world["distractors"], images=str(distractor_folder(base / "distractor_images")))
-    (base / "done").write_text("ok")
     return world
 
 
@@ -251,10 +244,6 @@ def ensemble_world(base: Path, world: dict) -> dict:
     from landmark_kaggle.infer.embed_index import build_index
 
     out = {"model_b": base / "model_b", "index": base / "index", "distractors": base / "distractors"}
-    if (base / "done").is_file():
-        return out
-    if base.exists():
-        shutil.rmtree(base)
     keras.utils.set_random_seed(1)
     train_tiny_model(world["root"], out["model_b"], epochs=8, image_size=40)
     pair = [world["model"], out["model_b"]]
@@ -262,7 +251,6 @@ def ensemble_world(base: Path, world: dict) -> dict:
     flip = ["inference.tta=flip"]
     build_index(pair, out["distractors"], images=str(world["distractor_images"]), overrides=flip)
     build_index(pair, out["index"], data=str(world["tfrec"]), nonlandmarks=out["distractors"], overrides=flip)
-    (base / "done").write_text("ok")
     return out
 
 
@@ -469,21 +457,25 @@ def kill_mid_run(proc: subprocess.Popen, progress, wanted, *, group: bool = Fals
                          f"progress wanted; it reached {progress()!r}")
 
 
+def run_root(tmp_path_factory) -> Path:
+    """The temp folder of this whole test run: pytest-N/, above every xdist worker's popen-gwK/."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 def built_once(tmp_path_factory, name: str, build):
     """``build(folder)``'s result, built once per test run however many xdist workers ask for it.
 
     A session or module fixture is set up once per worker (and a module's tests may land on several), so each
     heavy one would be built again by every worker that runs one of its tests. The first worker to ask builds
     into ``<run's temp>/name`` under an exclusive lock and pickles the result beside it; the others wait on the
-    lock and load it. A build that raises leaves nothing behind, so the next worker to ask builds again (and
-    fails the same way, in its own test). What it builds must be read-only for the tests that use it.
+    lock and load it. A build that raises pickles no result, so the next worker to ask clears the folder and
+    builds again (and fails the same way, in its own test). What it builds must be read-only for its tests.
     """
     import fcntl
     import pickle
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # pytest-N/, above every worker's popen-gwK/
+    root = run_root(tmp_path_factory)
     folder, result = root / name, root / f"{name}.pickle"
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

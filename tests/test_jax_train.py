@@ -68,7 +68,6 @@ def _tf_settings():
 
 
 @pytest.fixture(scope="module")
-@heavy
 def start(shards, tmp_path_factory):
     """The model folder every run starts from (``--init-from``), saved here under TensorFlow, read by the JAX runs."""
     import keras
