@@ -4,7 +4,7 @@ the sample, then fine-tuning from ImageNet) and ``--no-imagenet`` (self-cleaning
 
 Measured on the quick sample (87 training images, 3 of them noise): ImageNet features removed exactly the 3
 noise images (precision and recall 1.000) and the fine-tuned model scored GAP 0.607 / 0.949 with retrieval,
-val top-1 0.857; without ImageNet the quick run scored 0.28 / 0.30."""
+val top-1 0.857; without ImageNet the quick run scored 0.28 / 0.30 and, later, 0.33 / 0.37 (val top-1 0.778)."""
 
 import json
 

