@@ -88,4 +88,3 @@ def test_fine_tune_beats_imagenet_knn(world):
 def test_absurd_learning_rate_does_not_learn(world):
     gap_gain, top1_gain = gains(world, "lr", ["optim.learning_rate=1.0"])
     assert not learned(gap_gain, top1_gain), (gap_gain, top1_gain)
-
