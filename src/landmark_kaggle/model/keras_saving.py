@@ -12,7 +12,8 @@ AdamW state, about half of each one-second checkpoint on 2 cores
 
 The set depends only on the kind's name, so one per kind and process is what
 Keras intended; ``mend_attr_skipset_cache`` keeps it so, and does nothing on a
-Keras that finds its own cache (or lacks the function).
+Keras that finds its own cache (or lacks the function). The model package calls
+it when it is first imported, before any of its modules can save or load.
 """
 
 from __future__ import annotations

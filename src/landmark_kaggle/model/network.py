@@ -29,7 +29,6 @@ from landmark_kaggle.config import SECTIONS, Config, config_from_dict, save_conf
 from landmark_kaggle.data.gld import read_label_map, write_label_map
 from landmark_kaggle.errors import UserError
 from landmark_kaggle.model.efficientnet_lite import BUILDERS as LITE_BUILDERS
-from landmark_kaggle.model.keras_saving import mend_attr_skipset_cache
 from landmark_kaggle.model.layers import CosineClassifier, GeMPooling2D
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -44,10 +43,6 @@ EMBEDDING_LAYER = "embedding"
 LOGITS_LAYER = "logits"
 # The embedding-only model's hidden width when model.embedding_dim is 0.
 DEFAULT_HIDDEN = 512
-
-# Every checkpoint, model folder and weights file goes through Keras's weight files: half their time on
-# 2 cores was Keras rebuilding what it meant to cache (keras_saving's docstring).
-mend_attr_skipset_cache()
 
 
 @dataclass
