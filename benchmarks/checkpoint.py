@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-def _arrays(path: Path) -> dict:
-    import h5py
-    import numpy as np
-
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj)) if isinstance(obj, h5py.Dataset)
-                     else None)
-    return out
+from helpers import weight_file_arrays  # noqa: E402
 
 
 def main() -> None:
@@ -68,7 +62,7 @@ def main() -> None:
                     model.load_weights(files[way])
                     times["load", way].append(time.perf_counter() - t)
             saving_lib.get_attr_skipset = mended
-            a, b = _arrays(files["shipped"]), _arrays(files["mended"])
+            a, b = (weight_file_arrays(files[way]) for way in ("shipped", "mended"))
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "the files differ"
             mb = files["mended"].stat().st_size / 2**20
         med = {k: statistics.median(v) for k, v in times.items()}

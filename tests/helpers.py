@@ -254,6 +254,16 @@ def ensemble_world(base: Path, world: dict) -> dict:
     return out
 
 
+def weight_file_arrays(path) -> dict[str, np.ndarray]:
+    """Every array in a Keras ``.weights.h5`` file, by its path inside the file."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
 def run_cli(*args, builder: bool = False, cwd=None, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``landmark-kaggle ARGS`` (``tfrec-builder ARGS`` with ``builder``) in a subprocess, the way a user runs it,
     output captured."""

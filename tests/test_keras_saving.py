@@ -1,8 +1,8 @@
 """Weight files saved once the model code is imported: no throwaway layers, the same arrays as Keras as shipped."""
 
-import h5py
 import keras
 import numpy as np
+from helpers import weight_file_arrays
 from keras.src.backend.common import global_state
 from keras.src.layers.layer import Layer
 from keras.src.saving import saving_lib
@@ -18,13 +18,6 @@ def _model() -> keras.Model:
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="mse")
     model.fit(np.ones((4, 8)), np.zeros((4, 4)), verbose=0)  # optimizer state to save as well
     return model
-
-
-def _arrays(path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
 
 
 def _layers_built(monkeypatch, fn) -> int:
@@ -53,7 +46,7 @@ def test_saving_and_loading_build_no_layers_and_write_what_keras_writes(tmp_path
     monkeypatch.setattr(saving_lib, "get_attr_skipset", mended.__wrapped__)
     model.save_weights(tmp_path / "warm.weights.h5")
     assert _layers_built(monkeypatch, lambda: model.save_weights(tmp_path / "shipped.weights.h5")) >= 5
-    mine, keras_own = _arrays(tmp_path / "mended.weights.h5"), _arrays(tmp_path / "shipped.weights.h5")
+    mine, keras_own = (weight_file_arrays(tmp_path / f"{way}.weights.h5") for way in ("mended", "shipped"))
     assert len(mine) > 10 and mine.keys() == keras_own.keys()
     for name in mine:
         np.testing.assert_array_equal(mine[name], keras_own[name], err_msg=name)
